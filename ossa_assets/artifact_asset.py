@@ -1,0 +1,86 @@
+"""`artifact_asset`: the one wrapper every stage asset goes through.
+
+A stage body returns an `Artifact` (or a `StageResult` with metadata and check results). The
+wrapper fills in what every artifact needs and no stage should write by hand: its asset key and
+partition, a stable lineage id, the lineage ids of the artifacts it was computed from (taken from
+the body's inputs), and a Dagster data version equal to the artifact's content hash. The
+lineage recorder reads all of this back from the event log, so the graph can be rebuilt from
+Dagster alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import dagster as dg
+
+from ossa_assets.lib.artifacts import Artifact, lineage_id_for
+
+# Metadata keys the lineage recorder reads (see ossa_assets/lineage/recorder.py).
+MD_LINEAGE_ID = "ossa/lineage_id"
+MD_KIND = "ossa/kind"
+MD_DERIVED_FROM = "ossa/derived_from"
+MD_ARTIFACT_META = "ossa/meta"
+MD_PATH = "ossa/path"
+
+
+@dataclass
+class StageResult:
+    artifact: Artifact
+    metadata: dict[str, Any] = field(default_factory=dict)
+    checks: list[dg.AssetCheckResult] = field(default_factory=list)
+
+
+def _input_artifacts(values: Iterable[Any]) -> list[Artifact]:
+    found: list[Artifact] = []
+    for v in values:
+        if isinstance(v, Artifact):
+            found.append(v)
+        elif isinstance(v, dict):
+            found.extend(x for x in v.values() if isinstance(x, Artifact))
+    return found
+
+
+def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`dg.asset` for stages that produce an `Artifact` of lineage kind `kind`."""
+
+    def decorator(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any):
+            context = next(a for a in args if isinstance(a, dg.AssetExecutionContext))
+            result = fn(*args, **kwargs)
+            if isinstance(result, Artifact):
+                result = StageResult(result)
+            art = result.artifact
+            art.kind = art.kind or kind
+            art.asset_key = context.asset_key.to_user_string()
+            art.partition = context.partition_key if context.has_partition_key else None
+            upstream = {a.lineage_id for a in _input_artifacts([*args, *kwargs.values()])}
+            art.derived_from = sorted(set(art.derived_from) | upstream)
+            art.lineage_id = lineage_id_for(art.kind, art.asset_key, art.partition, art.data_version)
+            metadata = {
+                MD_LINEAGE_ID: art.lineage_id,
+                MD_KIND: art.kind,
+                MD_DERIVED_FROM: json.dumps(art.derived_from),
+                MD_ARTIFACT_META: json.dumps(art.meta, sort_keys=True, default=str),
+                MD_PATH: art.path,
+                **result.metadata,
+            }
+            if "mlflow_run_id" in art.meta:
+                metadata["mlflow_run_id"] = art.meta["mlflow_run_id"]
+            yield dg.Output(art, metadata=metadata, data_version=dg.DataVersion(art.data_version))
+            yield from result.checks
+
+        # Dagster type-checks outputs against the return annotation; the body's may be
+        # StageResult while the output value is always the Artifact.
+        # eval_str: resolve the body module's string annotations here, in its own globals
+        wrapped.__signature__ = inspect.signature(fn, eval_str=True).replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.Signature.empty
+        )
+        return dg.asset(**asset_kwargs)(wrapped)
+
+    return decorator

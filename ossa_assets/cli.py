@@ -1,0 +1,363 @@
+"""`ossa`: materialize the graph, serve it, and ask lineage questions.
+
+  ossa materialize            run the whole graph (every job, every domain) on this instance
+  ossa serve                  the inference server (reloads when a deployment is materialized)
+  ossa run                    materialize, then serve the Dagster UI and the endpoints until Ctrl-C;
+                              with CI=true: one smoke request per endpoint, then exit
+  ossa lineage upstream X     the chain from an endpoint route or asset key back to its corpora
+  ossa lineage downstream X   everything derived from an artifact
+  ossa lineage sync|rebuild   write new (or all) materializations into the lineage graph
+  ossa store stop             stop the embedded lineage graph server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_MARKER = "workspace.yaml"
+
+
+# -- reconstructable job pointers (execute_job runs steps in other processes, which re-import
+#    the job by module path and function name) ---------------------------------------------
+
+
+def _job(name: str):
+    from ossa_assets.definitions import defs
+
+    return defs.resolve_job_def(name)
+
+
+def curate_corpora_job():
+    return _job("curate_corpora")
+
+
+def build_foundations_job():
+    return _job("build_foundations")
+
+
+def train_domain_models_job():
+    return _job("train_domain_models")
+
+
+def deploy_job():
+    return _job("deploy")
+
+
+def refresh_realtime_adapter_job():
+    return _job("refresh_realtime_adapter")
+
+
+_JOB_POINTERS = {
+    "curate_corpora": curate_corpora_job,
+    "build_foundations": build_foundations_job,
+    "train_domain_models": train_domain_models_job,
+    "deploy": deploy_job,
+    "refresh_realtime_adapter": refresh_realtime_adapter_job,
+}
+
+
+@dataclass
+class MaterializeSummary:
+    planned_assets: int = 0
+    materialized: int = 0
+    checks_total: int = 0
+    checks_passed: int = 0
+    failed_runs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.failed_runs
+            and self.materialized == self.planned_assets
+            and self.checks_passed == self.checks_total
+        )
+
+    def line(self) -> str:
+        return (
+            f"materialized {self.materialized}/{self.planned_assets} assets, "
+            f"checks {self.checks_passed}/{self.checks_total} passed"
+        )
+
+
+def _instance():
+    import dagster as dg
+
+    os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def _partition_keys(job_name: str, partitioned: bool) -> list[str | None]:
+    from ossa_assets.corpora.partitions import domain_partitions
+    from ossa_assets.lora.partitions import hourly_partitions
+
+    if job_name == "refresh_realtime_adapter":
+        last = hourly_partitions.get_last_partition_key()
+        return [last]
+    return list(domain_partitions.get_partition_keys()) if partitioned else [None]
+
+
+def materialize(only: list[str] | None = None, log=print) -> MaterializeSummary:
+    """Run the pipeline's jobs in order, one run per partition, on the persistent instance."""
+    import dagster as dg
+
+    from ossa_assets.definitions import defs
+    from ossa_assets.jobs import PIPELINE
+
+    instance = _instance()
+    summary = MaterializeSummary()
+    t0 = time.perf_counter()
+    asset_graph = defs.resolve_asset_graph()
+    for job, partitioned in PIPELINE:
+        if only and job.name not in only:
+            continue
+        job_def = defs.resolve_job_def(job.name)
+        keys = [k for k in job_def.asset_layer.selected_asset_keys]
+        check_keys = [c for c in asset_graph.asset_check_keys if c.asset_key in keys]
+        job_failed = False
+        for partition in _partition_keys(job.name, partitioned):
+            tags = {"dagster/partition": partition} if partition else {}
+            label = f"{job.name}" + (f"[{partition}]" if partition else "")
+            summary.planned_assets += len(keys)
+            summary.checks_total += len(check_keys)
+            t_run = time.perf_counter()
+            result = dg.execute_job(
+                dg.reconstructable(_JOB_POINTERS[job.name]), instance=instance, tags=tags
+            )
+            mats = {e.asset_key for e in result.get_asset_materialization_events()}
+            evals = result.get_asset_check_evaluations()
+            summary.materialized += len(mats & set(keys))
+            summary.checks_passed += sum(1 for e in evals if e.passed)
+            status = "ok" if result.success else "FAILED"
+            log(
+                f"{label}: {status} in {time.perf_counter() - t_run:.1f}s "
+                f"({len(mats)} assets, {sum(e.passed for e in evals)}/{len(check_keys)} checks)"
+            )
+            if not result.success:
+                job_failed = True
+                summary.failed_runs.append(f"{label} (run {result.run_id})")
+                for e in evals:
+                    if not e.passed:
+                        log(f"  check failed: {e.asset_key.to_user_string()}:{e.check_name}")
+        if job_failed:
+            break  # downstream jobs would read stale or missing artifacts
+    summary.seconds = time.perf_counter() - t0
+    try:
+        stats = lineage_sync()
+        log(f"lineage: {stats.materializations} materializations recorded ({stats.nodes} nodes)")
+    except Exception as e:  # lineage must not hide the materialization result
+        log(f"lineage sync failed: {type(e).__name__}: {e}")
+        summary.failed_runs.append("lineage sync")
+    return summary
+
+
+# -- lineage -----------------------------------------------------------------------------------
+
+
+def _graph_store():
+    from resources import build_resources
+
+    return build_resources()["graph"].open()
+
+
+def _cursor_path() -> Path:
+    from resources import data_root
+
+    return data_root() / "graph" / "sync_cursor"
+
+
+def lineage_sync(rebuild: bool = False):
+    from ossa_assets.definitions import ASSET_KEYS
+    from ossa_assets.lineage import recorder
+
+    instance = _instance()
+    store = _graph_store()
+    try:
+        cursor_file = _cursor_path()
+        if rebuild:
+            stats = recorder.rebuild(instance, store, ASSET_KEYS)
+        else:
+            after = int(cursor_file.read_text()) if cursor_file.exists() else 0
+            stats = recorder.sync(instance, store, ASSET_KEYS, after)
+        cursor_file.parent.mkdir(parents=True, exist_ok=True)
+        cursor_file.write_text(str(stats.cursor))
+        return stats
+    finally:
+        store.close()
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from ossa_assets.lineage import queries
+
+    if args.action in ("sync", "rebuild"):
+        stats = lineage_sync(rebuild=args.action == "rebuild")
+        print(
+            f"{stats.materializations} materializations -> {stats.nodes} nodes, {stats.edges} edges "
+            f"({stats.skipped_edges} skipped)"
+        )
+        return 0
+    if not args.target:
+        print("error: give an endpoint route (/api-model/v1), an asset key or a lineage id", file=sys.stderr)
+        return 2
+    store = _graph_store()
+    try:
+        lineage_sync()  # answer from an up-to-date graph
+        root_id = queries.resolve(store, args.target, args.partition)
+        if root_id is None:
+            print(f"error: nothing in the lineage graph matches {args.target!r}", file=sys.stderr)
+            return 1
+        lin = store.upstream(root_id) if args.action == "upstream" else store.downstream(root_id)
+        if args.json:
+            print(json.dumps(queries.as_json(lin), indent=2, default=str))
+        else:
+            print(queries.render(lin, direction=args.action))
+        return 0
+    finally:
+        store.close()
+
+
+# -- serving -------------------------------------------------------------------------------------
+
+
+def _state_path() -> Path:
+    from resources import data_root
+
+    return data_root() / "serving" / "deployment.json"
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from ossa_assets.serving.server import create_app
+
+    app = create_app(_state_path(), cache_url=os.environ.get("OSSA_REDIS_URL"))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def smoke_test(log=print) -> tuple[int, int]:
+    """One request per endpoint against an in-process server over real HTTP."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from ossa_assets.serving.server import ROUTES, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(_state_path()), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    ok = total = 0
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            probes: list[tuple[str, str, Any]] = [("GET", "/health", None), ("GET", "/v1/models", None)]
+            probes += [("POST", r, {"prompt": "openapi: 3.0.0\ninfo:", "max_new_tokens": 8}) for r in ROUTES]
+            probes.append(("POST", "/v1/search", {"query": "list pets by tag", "limit": 3}))
+            for method, path, body in probes:
+                total += 1
+                r = client.request(method, path, json=body)
+                good = r.status_code == 200
+                ok += good
+                preview = json.dumps(r.json())[:140]
+                log(f"  {method} {path} -> {r.status_code} {preview}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return ok, total
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import subprocess
+
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    summary = materialize()
+    print(f"graph materialized in {summary.seconds:.1f}s")
+    if ci:
+        ok, total = smoke_test()
+        print(f"smoke requests: {ok}/{total} answered 200")
+        print(summary.line())
+        return 0 if summary.ok and ok == total else 1
+    if not summary.ok:
+        print(summary.line())
+        return 1
+    print(summary.line())
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.ui_port)]
+    )
+    print(f"Dagster UI: http://{args.host}:{args.ui_port}   endpoints: http://{args.host}:{args.port}")
+    try:
+        _serve(args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ui.terminate()
+        try:
+            ui.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            ui.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ossa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("materialize", help="run the whole graph")
+    m.add_argument("--job", action="append", help="only these jobs (repeatable)")
+    s = sub.add_parser("serve", help="run the inference server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    r = sub.add_parser("run", help="materialize, then serve UI + endpoints")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=8000)
+    r.add_argument("--ui-port", type=int, default=3000)
+    lg = sub.add_parser("lineage", help="lineage queries")
+    lg.add_argument("action", choices=["upstream", "downstream", "sync", "rebuild"])
+    lg.add_argument("target", nargs="?", help="endpoint route, asset key (stage/artifact) or lineage id")
+    lg.add_argument("--partition", help="partition of the asset key (e.g. api_spec)")
+    lg.add_argument("--json", action="store_true")
+    st = sub.add_parser("store", help="the embedded lineage graph server")
+    st.add_argument("action", choices=["stop"])
+    args = parser.parse_args(argv)
+
+    if args.cmd == "materialize":
+        summary = materialize(only=args.job)
+        print(summary.line())
+        return 0 if summary.ok else 1
+    if args.cmd == "serve":
+        _serve(args.host, args.port)
+        return 0
+    if args.cmd == "run":
+        return _cmd_run(args)
+    if args.cmd == "lineage":
+        return _cmd_lineage(args)
+    if args.cmd == "store":
+        from resources import data_root
+
+        from ossa_assets.lib.graph_store import EmbeddedFalkorDB
+
+        EmbeddedFalkorDB(data_root() / "graph").stop()
+        print("embedded graph store stopped")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Causal-LM training: documents -> fixed-length token blocks -> HF Trainer -> metrics.
+
+The same functions train the full domain fine-tune and the LoRA adapters (a peft-wrapped model
+is just another `nn.Module` to the Trainer), on CPU in tiny mode and on GPUs in production.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+MetricLogger = Callable[[dict[str, float], int], None]
+
+
+def pack_blocks(
+    tokenizer,
+    texts: Sequence[str],
+    seq_len: int,
+    prefix_token: str | None = None,
+    max_blocks: int | None = None,
+) -> list[list[int]]:
+    """Tokenize documents and pack them into `seq_len` blocks (GPT-style concatenation).
+
+    Each document is wrapped `<domain> ... </s>` so the model learns where documents end and
+    which domain it is writing; packing wastes no compute on padding.
+    """
+    prefix = tokenizer.convert_tokens_to_ids(prefix_token) if prefix_token else None
+    stream: list[int] = []
+    blocks: list[list[int]] = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if prefix is not None:
+            stream.append(prefix)
+        stream.extend(ids)
+        stream.append(tokenizer.eos_token_id)
+        while len(stream) >= seq_len:
+            blocks.append(stream[:seq_len])
+            stream = stream[seq_len:]
+            if max_blocks and len(blocks) >= max_blocks:
+                return blocks
+    if len(stream) >= max(8, seq_len // 4) and (not max_blocks or len(blocks) < max_blocks):
+        # keep a short tail (padded in the collator) rather than drop a small validation set
+        blocks.append(stream)
+    return blocks
+
+
+class BlockDataset:
+    """torch-style dataset over token blocks; labels = inputs (the model shifts internally)."""
+
+    def __init__(self, blocks: list[list[int]], pad_id: int):
+        self.blocks = blocks
+        self.pad_id = pad_id
+        self.width = max((len(b) for b in blocks), default=0)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        b = self.blocks[i]
+        pad = self.width - len(b)
+        ids = b + [self.pad_id] * pad
+        mask = [1] * len(b) + [0] * pad
+        labels = b + [-100] * pad  # -100: ignored by the loss
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor(labels),
+        }
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    perplexity: float
+    token_accuracy: float
+    tokens: int
+
+
+def evaluate(model, blocks: list[list[int]], pad_id: int, batch_size: int = 16) -> EvalResult:
+    """Mean next-token loss and accuracy over all target tokens of the blocks."""
+    import torch
+
+    if not blocks:
+        return EvalResult(float("nan"), float("nan"), float("nan"), 0)
+    ds = BlockDataset(blocks, pad_id)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens, correct = 0.0, 0, 0
+    with torch.no_grad():
+        for start in range(0, len(ds), batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = batch["labels"][:, 1:]
+            valid = shift_labels != -100
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)),
+                shift_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total_loss += float(loss)
+            total_tokens += int(valid.sum())
+            correct += int(((shift_logits.argmax(-1) == shift_labels) & valid).sum())
+    if was_training:
+        model.train()
+    mean = total_loss / max(total_tokens, 1)
+    return EvalResult(mean, math.exp(min(mean, 50)), correct / max(total_tokens, 1), total_tokens)
+
+
+@dataclass
+class TrainSettings:
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16/fp16 only on CUDA)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    step_losses: list[float]
+    steps: int
+    train_seconds: float
+    tokens_seen: int
+
+
+def train(
+    model,
+    train_blocks: list[list[int]],
+    pad_id: int,
+    settings: TrainSettings,
+    work_dir: str,
+    log_metrics: MetricLogger | None = None,
+) -> TrainResult:
+    """Train with transformers' Trainer; returns the per-step losses it logged."""
+    import time
+
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    if not train_blocks:
+        raise ValueError("no training blocks: the curated corpus is empty or shorter than one block")
+    cuda = torch.cuda.is_available()
+    if settings.precision in ("bf16", "fp16") and not cuda:
+        # mixed precision is a GPU feature here; CPU runs fall back to fp32 rather than fail
+        precision = "fp32"
+    else:
+        precision = settings.precision
+    random.seed(settings.seed)
+    losses: list[float] = []
+
+    class _Collect(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                if log_metrics:
+                    log_metrics({"train_loss": float(logs["loss"])}, state.global_step)
+
+    args = TrainingArguments(
+        output_dir=work_dir,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        warmup_steps=max(0, int(settings.warmup_ratio * settings.max_steps)),
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        seed=settings.seed,
+        **settings.extra,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=BlockDataset(train_blocks, pad_id),
+        callbacks=[_Collect()],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    tokens = settings.max_steps * settings.batch_size * settings.grad_accum * len(train_blocks[0])
+    return TrainResult(losses, settings.max_steps, seconds, tokens)

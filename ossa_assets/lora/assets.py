@@ -1,0 +1,261 @@
+"""LoRA stage.
+
+Inputs: a domain checkpoint and every domain's curated corpus (task mixing); the base model for
+the real-time adapter. Outputs, each an adapter alone (`adapter_model.safetensors` +
+`adapter_config.json` + tokenizer), under `<data root>/artifacts/lora/...`:
+- `lora/multitask_adapter[domain]`: r64/α128/dropout 0.1 on q_proj, v_proj, gate_proj over the
+  domain checkpoint, trained on a mixture of all three domains (own domain weighted up),
+  logged to MLflow and registered as a version of `ossa-<domain>-adapter`.
+- `lora/realtime_adapter[hour]`: warm-started from the latest earlier hour's adapter and trained
+  on the documents that arrived in that hour (gradient accumulation 8, lr 1e-4); an hour without
+  new documents is a recorded no-op that carries the previous adapter forward.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.corpora.partitions import domain_partitions
+from ossa_assets.lib import corpora as corpora_lib
+from ossa_assets.lib import lora as lib
+from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
+from ossa_assets.lib.finetune import load_base
+from ossa_assets.lib.training import TrainSettings
+from ossa_assets.lora.config import AdapterConfig, RealtimeAdapterConfig
+from ossa_assets.lora.partitions import HOURLY_REFRESH, hourly_partitions
+from resources import GPU_POOL, gpu_pod_tags
+from resources.mlflow import MlflowResource
+from resources.storage import ArtifactStore
+
+MULTITASK_ADAPTER = dg.AssetKey(["lora", "multitask_adapter"])
+REALTIME_ADAPTER = dg.AssetKey(["lora", "realtime_adapter"])
+CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
+DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])
+BASE_MODEL = dg.AssetKey(["finetune", "base_model"])
+
+
+def _texts(corpora: dict[str, Artifact], split: str) -> dict[str, list[str]]:
+    return {
+        d: [r["text"] for r in corpora_lib.load_split_texts(a.path, split)]
+        for d, a in sorted(corpora.items())
+    }
+
+
+@artifact_asset(
+    kind="Adapter",
+    key=MULTITASK_ADAPTER,
+    ins={
+        "checkpoint": dg.AssetIn(DOMAIN_CHECKPOINT),
+        "corpora": dg.AssetIn(CURATED_CORPUS, partition_mapping=dg.AllPartitionMapping()),
+    },
+    partitions_def=domain_partitions,
+    group_name="lora",
+    kinds={"pytorch", "mlflow"},
+    owners=["team:ml"],
+    pool=GPU_POOL,
+    op_tags=gpu_pod_tags(gpus=1),
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+)
+def multitask_adapter(
+    context: dg.AssetExecutionContext,
+    config: AdapterConfig,  # type: ignore[valid-type]
+    store: ArtifactStore,
+    mlflow: MlflowResource,
+    checkpoint: Artifact,
+    corpora: dict,
+) -> StageResult:
+    """A multi-task LoRA adapter over the domain checkpoint (safetensors), registered in MLflow."""
+    domain = context.partition_key
+    train_texts = _texts(corpora, "train")
+    val_texts = _texts({domain: corpora[domain]}, "validation")[domain]
+    weights = {
+        d: (config.own_domain_weight if d == domain else config.other_domain_weight)
+        for d in train_texts
+    }
+    settings = TrainSettings(
+        max_steps=config.max_steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        grad_accum=config.grad_accum,
+        seed=config.seed,
+    )
+    lora = lib.LoraSettings(config.r, config.alpha, config.dropout, tuple(config.target_modules))
+    parent = store.dir_for(context.asset_key, domain)
+    params = {**config.model_dump(), "domain": domain, "checkpoint_version": checkpoint.data_version}
+    with mlflow.start_run(context, run_name=f"adapter-{domain}") as run:
+        run.log_params(params)
+        with staging_dir(parent) as tmp:
+            report = lib.train_adapter(
+                checkpoint.path,
+                train_texts,
+                weights,
+                val_texts,
+                domain,
+                tmp / "adapter",
+                lora=lora,
+                seq_len=config.seq_len,
+                settings=settings,
+                mixture_blocks=config.max_steps * config.batch_size * config.grad_accum,
+                max_eval_blocks=config.max_eval_blocks,
+                work_dir=tmp / "trainer",
+                log_metrics=run.log_metrics,
+            )
+            final, version = publish_versioned(tmp / "adapter", parent)
+        run.log_metrics({f"base_{k}": v for k, v in report.base_val.items()}, step=0)
+        run.log_metrics({f"adapter_{k}": v for k, v in report.adapter_val.items()}, step=settings.max_steps)
+        # the adapter alone (a few MB even at 13B): never the base weights (mlflow#9256)
+        run.log_artifacts(final, "adapter")
+        model_version = run.register(
+            f"ossa-{domain}-adapter",
+            source=f"{run.artifact_uri}/adapter",
+            tags={"dagster_run_id": context.run.run_id, "data_version": version,
+                  "checkpoint_version": checkpoint.data_version},
+        )
+    return StageResult(
+        Artifact(
+            kind="Adapter",
+            path=str(final),
+            data_version=version,
+            meta={
+                "domain": domain,
+                "name": f"ossa-{domain}-adapter-{version[:12]}",  # content-versioned, never reused
+                "mlflow_run_id": run.run_id,
+                "registered_model": f"ossa-{domain}-adapter",
+                "model_version": model_version,
+                "mixture": report.mixture,
+            },
+        ),
+        metadata={
+            "adapter_val_loss": dg.FloatMetadataValue(round(report.adapter_val["val_loss"], 4)),
+            "checkpoint_val_loss": dg.FloatMetadataValue(round(report.base_val["val_loss"], 4)),
+            "trainable_parameters": report.trainable_parameters,
+            "total_parameters": report.total_parameters,
+            "task_blocks": dg.JsonMetadataValue(report.mixture),
+            "train_seconds": dg.FloatMetadataValue(round(report.train_seconds, 2)),
+            "registered_model": f"ossa-{domain}-adapter v{model_version}",
+        },
+    )
+
+
+def _latest_earlier_hour(store: ArtifactStore, before: str) -> Artifact | None:
+    """The most recent materialized hour before `before` (the warm start), if any."""
+    manifests = store.path("manifests", *REALTIME_ADAPTER.path)
+    if not manifests.is_dir():
+        return None
+    earlier = sorted(p.stem for p in manifests.glob("*.json") if p.stem < before)
+    for key in reversed(earlier):
+        art = Artifact.from_json((manifests / f"{key}.json").read_text())
+        if art.path and Path(art.path).exists():
+            return art
+    return None
+
+
+@artifact_asset(
+    kind="Adapter",
+    key=REALTIME_ADAPTER,
+    ins={
+        "base": dg.AssetIn(BASE_MODEL),
+        "corpora": dg.AssetIn(CURATED_CORPUS, partition_mapping=dg.AllPartitionMapping()),
+    },
+    # hour h is computed from hour h-1: declared so Dagster orders backfills and marks later
+    # hours stale when an earlier one changes
+    deps=[dg.AssetDep(REALTIME_ADAPTER, partition_mapping=dg.TimeWindowPartitionMapping(-1, -1))],
+    partitions_def=hourly_partitions,
+    automation_condition=HOURLY_REFRESH,
+    group_name="lora",
+    kinds={"pytorch"},
+    owners=["team:ml"],
+    pool=GPU_POOL,
+    op_tags=gpu_pod_tags(gpus=1),
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+)
+def realtime_adapter(
+    context: dg.AssetExecutionContext,
+    config: RealtimeAdapterConfig,  # type: ignore[valid-type]
+    store: ArtifactStore,
+    base: Artifact,
+    corpora: dict,
+) -> StageResult:
+    """The hourly real-time adapter: previous hour's adapter trained on this hour's new documents."""
+    window = context.partition_time_window
+    start, end = window.start.timestamp(), window.end.timestamp()
+    rows = []
+    for art in corpora.values():
+        for split in ("train", "validation"):
+            rows.extend(r for r in corpora_lib.load_split_texts(art.path, split) if start <= r["mtime"] < end)
+    previous = _latest_earlier_hour(store, context.partition_key)
+    derived = [previous.lineage_id] if previous else []
+    if not rows:
+        # a quiet hour: nothing to learn, carry the previous adapter forward unchanged
+        context.log.info(f"no documents arrived in {context.partition_key}: no-op")
+        return StageResult(
+            Artifact(
+                kind="Adapter",
+                path=previous.path if previous else "",
+                data_version=previous.data_version if previous else "none",
+                derived_from=derived,
+                meta={"new_documents": 0, "warm_start": previous.lineage_id if previous else None},
+            ),
+            metadata={"new_documents": 0, "outcome": "no-op: no new documents this hour"},
+        )
+    by_domain: dict[str, list[str]] = {}
+    for r in rows:
+        by_domain.setdefault(r["domain"], []).append(r["text"])
+    settings = TrainSettings(
+        max_steps=config.max_steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        grad_accum=config.grad_accum,
+        seed=config.seed,
+    )
+    parent = store.dir_for(context.asset_key, context.partition_key)
+    val_domain = max(by_domain, key=lambda d: len(by_domain[d]))
+    with staging_dir(parent) as tmp:
+        report = lib.train_adapter(
+            base.path,
+            by_domain,
+            {d: 1.0 for d in by_domain},
+            by_domain[val_domain],
+            val_domain,
+            tmp / "adapter",
+            lora=lib.LoraSettings(config.r, config.alpha, config.dropout, tuple(config.target_modules)),
+            seq_len=config.seq_len,
+            settings=settings,
+            mixture_blocks=config.max_steps * config.batch_size * config.grad_accum,
+            max_eval_blocks=16,
+            work_dir=tmp / "trainer",
+            warm_start_dir=previous.path if previous else None,
+            base_loader=load_base,
+        )
+        (tmp / "adapter" / "ossa_hour.json").write_text(
+            json.dumps({"hour": context.partition_key, "documents": len(rows),
+                        "warm_start": previous.lineage_id if previous else None})
+        )
+        final, version = publish_versioned(tmp / "adapter", parent)
+    return StageResult(
+        Artifact(
+            kind="Adapter",
+            path=str(final),
+            data_version=version,
+            derived_from=derived,
+            meta={
+                "new_documents": len(rows),
+                "warm_start": previous.lineage_id if previous else None,
+                "name": f"ossa-realtime-{version[:12]}",
+                "hour": context.partition_key,
+            },
+        ),
+        metadata={
+            "new_documents": len(rows),
+            "outcome": "trained",
+            "warm_started_from": previous.partition if previous else "cold start",
+            "hour_docs_loss_before": dg.FloatMetadataValue(round(report.base_val["val_loss"], 4)),
+            "hour_docs_loss_after": dg.FloatMetadataValue(round(report.adapter_val["val_loss"], 4)),
+            "processed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )

@@ -1,0 +1,285 @@
+"""The inference server: serves whatever the deployment asset last declared, without restarts.
+
+The `serving/deployment` asset writes a desired-state file (route -> engine path, model version,
+lineage id). This process checks the file's mtime on every request and, when it changed, loads
+the new engines beside the old ones and swaps them in under a lock: a new deployment is live
+with the next request, and a broken one leaves the previous engines serving.
+
+Routes: POST /api-model/v1, /protocol-model/v1, /devops-model/v1 (generate); POST /v1/search
+(Qdrant); GET /v1/models (capability discovery); GET /health. Bad requests get a 4xx with a
+message; internal errors a 500 with a short message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("ossa.serving")
+
+ROUTES = {
+    "/api-model/v1": "api_spec",
+    "/protocol-model/v1": "industrial_protocol",
+    "/devops-model/v1": "devops_workflow",
+}
+MAX_PROMPT_CHARS = 8000
+MAX_NEW_TOKENS = 256
+
+
+class GenerateRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text to continue.")
+    max_new_tokens: int = Field(default=32, ge=1, le=MAX_NEW_TOKENS)
+
+
+class SearchRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    query: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    limit: int = Field(default=5, ge=1, le=50)
+    domain: Optional[str] = None
+    source: Optional[str] = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class LoadedRoute:
+    route: str
+    domain: str
+    model_version: str
+    lineage_id: str
+    engine: Any
+    tokenizer: Any
+    domain_token_id: int
+
+
+class DeploymentWatcher:
+    """Holds the live engines; reloads when the desired-state file changes."""
+
+    def __init__(self, state_path: Path):
+        self.state_path = Path(state_path)
+        self._lock = threading.Lock()
+        self._mtime: float | None = None
+        self.state: dict[str, Any] = {}
+        self.routes: dict[str, LoadedRoute] = {}
+        self.last_error: str | None = None
+        self.reloads = 0
+
+    def refresh(self) -> None:
+        try:
+            mtime = self.state_path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._mtime:
+            return
+        with self._lock:
+            if mtime == self._mtime:
+                return
+            try:
+                state = json.loads(self.state_path.read_text())
+                routes = self._load_routes(state)
+            except Exception as e:  # keep serving the previous deployment
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("deployment reload failed; previous engines stay live")
+                self._mtime = mtime  # don't retry a broken file on every request
+                return
+            self.state, self.routes, self._mtime = state, routes, mtime
+            self.last_error = None
+            self.reloads += 1
+            log.info("deployment %s live: %s", state.get("version"), sorted(routes))
+
+    def _load_routes(self, state: dict[str, Any]) -> dict[str, LoadedRoute]:
+        from ossa_assets.lib.modeling import DOMAIN_TOKENS, load_tokenizer
+        from ossa_assets.lib.onnx_export import OnnxCausalLM
+
+        loaded: dict[str, LoadedRoute] = {}
+        for route, spec in state.get("routes", {}).items():
+            current = self.routes.get(route)
+            if current and current.model_version == spec["model_version"]:
+                loaded[route] = current  # unchanged: no reload
+                continue
+            engine_dir = Path(spec["engine_path"])
+            tokenizer = load_tokenizer(engine_dir)
+            engine = OnnxCausalLM(engine_dir / spec.get("model_file", "model.int8.onnx"))
+            loaded[route] = LoadedRoute(
+                route=route,
+                domain=spec["domain"],
+                model_version=spec["model_version"],
+                lineage_id=spec["lineage_id"],
+                engine=engine,
+                tokenizer=tokenizer,
+                domain_token_id=tokenizer.convert_tokens_to_ids(DOMAIN_TOKENS[spec["domain"]]),
+            )
+        return loaded
+
+
+class SearchBackend:
+    """Qdrant search with the embedder the index was built with (loaded on first use)."""
+
+    def __init__(self, watcher: DeploymentWatcher):
+        self.watcher = watcher
+        self._embedder = None
+        self._embedder_path: str | None = "unset"
+        self._lock = threading.Lock()
+
+    def search(self, req: SearchRequest) -> list[dict[str, Any]]:
+        from ossa_assets.lib import embeddings
+
+        spec = self.watcher.state.get("search")
+        if not spec:
+            raise ApiError(503, "no search index deployed yet: materialize serving/deployment")
+        with self._lock:
+            if self._embedder is None or self._embedder_path != spec.get("embedding_model_path"):
+                self._embedder = embeddings.load_embedder(
+                    spec.get("embedding_model_path"), spec.get("max_seq_length")
+                )
+                self._embedder_path = spec.get("embedding_model_path")
+            client = _open_qdrant_retrying(spec)
+            try:
+                return embeddings.search(
+                    client, self._embedder, spec["collection"], req.query, req.limit, req.domain, req.source
+                )
+            finally:
+                client.close()
+
+
+def _open_qdrant_retrying(spec: dict[str, Any], timeout_s: float = 10.0):
+    """Local-mode Qdrant admits one process at a time; a materialization may hold it briefly."""
+    from ossa_assets.lib.embeddings import open_qdrant
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return open_qdrant(
+                url=spec.get("url"), path=spec.get("path"), api_key=os.environ.get("OSSA_QDRANT_API_KEY")
+            )
+        except RuntimeError as e:
+            if "already accessed" not in str(e) or time.monotonic() > deadline:
+                raise ApiError(503, "search index is busy (being rebuilt); retry shortly") from e
+            time.sleep(0.1)
+
+
+def create_app(state_path: str | Path, cache_url: str | None = None) -> FastAPI:
+    from ossa_assets.lib.cache import cache_key, make_cache
+
+    watcher = DeploymentWatcher(Path(state_path))
+    searcher = SearchBackend(watcher)
+    cache = make_cache(cache_url)
+    app = FastAPI(title="ossa inference", version="1")
+    app.state.watcher = watcher
+
+    @app.middleware("http")
+    async def _refresh(request: Request, call_next):
+        watcher.refresh()
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        msgs = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request", "details": msgs}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    def _generate(route: str, req: GenerateRequest) -> dict[str, Any]:
+        loaded = watcher.routes.get(route)
+        if loaded is None:
+            raise ApiError(503, f"{route} has no deployed model yet: materialize serving/deployment")
+        key = cache_key(loaded.model_version, route, req.model_dump())
+        hit = cache.get(key)
+        if hit is not None:
+            return {**hit, "cached": True}
+        ids = [loaded.domain_token_id, *loaded.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]]
+        t0 = time.perf_counter()
+        new = loaded.engine.generate(ids, req.max_new_tokens, eos_token_id=loaded.tokenizer.eos_token_id)
+        body = {
+            "route": route,
+            "domain": loaded.domain,
+            "model_version": loaded.model_version,
+            "lineage_id": loaded.lineage_id,
+            "completion": loaded.tokenizer.decode(new, skip_special_tokens=True),
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(new),
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
+        cache.set(key, body)
+        return {**body, "cached": False}
+
+    def _route_handler(route: str):
+        # sync handlers run in FastAPI's thread pool, so a generation never blocks the loop
+        def handler(req: GenerateRequest) -> dict[str, Any]:
+            return _generate(route, req)
+
+        return handler
+
+    for route in ROUTES:
+        app.post(route, name=f"generate {route}")(_route_handler(route))
+
+    @app.post("/v1/search")
+    def search(req: SearchRequest) -> dict[str, Any]:
+        return {"hits": searcher.search(req)}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        state = watcher.state
+        return {
+            "deployment_version": state.get("version"),
+            "deployment_lineage_id": state.get("lineage_id"),
+            "models": [
+                {
+                    "route": r.route,
+                    "domain": r.domain,
+                    "model_version": r.model_version,
+                    "lineage_id": r.lineage_id,
+                    "engine": state["routes"][r.route].get("engine"),
+                    "capabilities": ["generate"],
+                }
+                for r in sorted(watcher.routes.values(), key=lambda r: r.route)
+            ],
+            "search": {
+                k: v for k, v in (state.get("search") or {}).items() if k in ("collection", "lineage_id")
+            },
+        }
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        ok = bool(watcher.routes)
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "waiting_for_deployment",
+                "deployment_version": watcher.state.get("version"),
+                "routes": sorted(watcher.routes),
+                "last_reload_error": watcher.last_error,
+            },
+            status_code=200 if ok else 503,
+        )
+
+    return app

@@ -1,0 +1,141 @@
+"""MLflow tracking and registry as a Dagster resource.
+
+One MLflow run per Dagster step, tagged with the Dagster run id, step and partition, and ended
+with the step's real outcome: FAILED when the step raises. (dagster-mlflow's `mlflow_tracking`
+shares one MLflow run across a whole Dagster run and has left runs in the wrong state,
+dagster#21872; it stays installed for users who want it, but the stages use this resource.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Experiment tracking + model registry (local SQLite store in tiny mode, Postgres in prod)."""
+
+    tracking_uri: str = Field(description="e.g. sqlite:///.ossa_data/mlflow/mlflow.db or postgresql://...")
+    artifact_root: Optional[str] = Field(
+        default=None, description="Where run artifacts go (local dir or s3://...); server default if None."
+    )
+    experiment: str = Field(default="ossa", description="Experiment name for all stage runs.")
+
+    _ready: bool = PrivateAttr(default=False)
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        self._ensure_ready()
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _ensure_ready(self) -> None:
+        """Create the store and experiment once, even when several step processes start at once.
+
+        SQLite stores run schema migrations on first open; two processes doing that together
+        collide, so the first open is serialised with a file lock beside the database.
+        """
+        if self._ready:
+            return
+        from mlflow.tracking import MlflowClient
+
+        lock_cm: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.tracking_uri.startswith("sqlite:///"):
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock_cm = _file_lock(db.with_suffix(".lock"))
+        with lock_cm:
+            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            if client.get_experiment_by_name(self.experiment) is None:
+                try:
+                    client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+                except Exception:  # another process won the race; fetch below
+                    if client.get_experiment_by_name(self.experiment) is None:
+                        raise
+        self._ready = True
+
+    def _artifact_location(self) -> Optional[str]:
+        if not self.artifact_root:
+            return None
+        if "://" in self.artifact_root:
+            return self.artifact_root
+        Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+        return Path(self.artifact_root).resolve().as_uri()
+
+    @contextlib.contextmanager
+    def start_run(
+        self, context: dg.AssetExecutionContext, run_name: str, tags: dict[str, str] | None = None
+    ) -> Iterator["TrackedRun"]:
+        client = self.client()
+        exp = client.get_experiment_by_name(self.experiment)
+        all_tags = {
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": context.asset_key.to_user_string(),
+            "dagster.partition": context.partition_key if context.has_partition_key else "",
+            **(tags or {}),
+        }
+        run = client.create_run(exp.experiment_id, run_name=run_name, tags=all_tags)
+        tracked = TrackedRun(client, run.info.run_id, run.info.artifact_uri)
+        try:
+            yield tracked
+        except BaseException:
+            client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+class TrackedRun:
+    """A thin handle on one MLflow run: params, metrics, artifacts, registry."""
+
+    def __init__(self, client, run_id: str, artifact_uri: str):
+        self.client = client
+        self.run_id = run_id
+        self.artifact_uri = artifact_uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+        )
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def register(self, name: str, source: str, tags: dict[str, str] | None = None) -> str:
+        """Register `source` (an artifact URI or a stored path) as a new version of `name`."""
+        try:
+            self.client.create_registered_model(name)
+        except Exception:  # exists already (or raced another process): versions still append
+            pass
+        mv = self.client.create_model_version(name, source, run_id=self.run_id, tags=tags or {})
+        return str(mv.version)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
