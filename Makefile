@@ -9,6 +9,8 @@ export OSSA_DATA_ROOT ?= $(CURDIR)/.ossa_data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# torch steps share the cores: passive OpenMP waiting avoids spin-wait slowdowns (see cli.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test materialize serve ui bench lint clean install
 

@@ -13,12 +13,19 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import dagster as dg
 
 from ossa_assets.lib.artifacts import Artifact, lineage_id_for
+
+# GPU assets set an explicit backfill policy on purpose (one partition per run, so each gets its
+# own pod); Dagster flags the parameter as beta on every definition load.
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+# Data versions are how the artifact's content hash reaches Dagster's staleness tracking.
+warnings.filterwarnings("ignore", message=".*data_version.*", category=dg.BetaWarning)
 
 # Metadata keys the lineage recorder reads (see ossa_assets/lineage/recorder.py).
 MD_LINEAGE_ID = "ossa/lineage_id"

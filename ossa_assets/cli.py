@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_MARKER = "workspace.yaml"
+# Steps share two cores: OpenMP threads that spin while waiting for a busy core made torch
+# steps 2-10x slower when another step ran beside them; passive waiting costs little alone.
+# Must be set before torch loads (forked step processes inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # -- reconstructable job pointers (execute_job runs steps in other processes, which re-import
@@ -215,6 +219,8 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
             print(f"error: nothing in the lineage graph matches {args.target!r}", file=sys.stderr)
             return 1
         lin = store.upstream(root_id) if args.action == "upstream" else store.downstream(root_id)
+        if args.target.startswith("/") and not args.json:
+            print(f"endpoint {args.target} serves:")
         if args.json:
             print(json.dumps(queries.as_json(lin), indent=2, default=str))
         else:

@@ -1,16 +1,14 @@
 """Jobs: the graph in the order `ossa materialize` (and a user in the UI) runs it.
 
-Partitioned stages run one run per domain; fan-in stages run once after them.
+Partitioned stages run one run per domain (partitioning is inferred from the selected
+assets); fan-in stages run once after them.
 """
 
 import dagster as dg
 
-from ossa_assets.corpora.partitions import domain_partitions
-
 curate_corpora = dg.define_asset_job(
     "curate_corpora",
     selection=dg.AssetSelection.groups("corpora"),
-    partitions_def=domain_partitions,
     description="Curate one domain's corpus (one run per domain partition).",
 )
 build_foundations = dg.define_asset_job(
@@ -26,7 +24,6 @@ train_domain_models = dg.define_asset_job(
         ["quantize", "onnx_model"],
         ["quantize", "int8_model"],
     ),
-    partitions_def=domain_partitions,
     description="Fine-tune, adapt, export and quantize one domain's model.",
 )
 deploy = dg.define_asset_job(

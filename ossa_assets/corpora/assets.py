@@ -60,8 +60,7 @@ def curated_corpus(
     version = lib.corpus_data_version(result, curation_cfg)
     n_train = sum(d.split == "train" for d in result.documents)
     n_val = len(result.documents) - n_train
-    invalid = len(result.quarantined) - result.duplicates
-    invalid_rate = invalid / max(result.files_seen, 1)
+    invalid_rate = result.invalid / max(result.files_seen, 1)
     reasons = result.reason_counts()
     report = {
         "domain": domain,
@@ -117,6 +116,7 @@ def curated_corpus(
             "validation_documents": n_val,
             "duplicates": result.duplicates,
             "quarantined": len(result.quarantined),
+            "invalid": result.invalid,
             "invalid_rate": dg.FloatMetadataValue(round(invalid_rate, 4)),
             "quarantine_reasons": dg.JsonMetadataValue(reasons),
             "bytes": report["bytes"],

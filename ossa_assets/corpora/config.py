@@ -24,7 +24,8 @@ class CuratedCorpusConfigBase(dg.Config):
     )
     max_invalid_rate: float = Field(
         default=0.5,
-        description="Blocking check: quarantined/seen above this stops training (duplicates excluded).",
+        description="Blocking check: broken files (malformed, binary, empty, unsafe...) / files seen "
+        "above this stops training; out-of-domain files and duplicates do not count.",
     )
 
     @model_validator(mode="after")

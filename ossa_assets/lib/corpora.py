@@ -29,6 +29,15 @@ STRUCTURED_XML = (".xml",)
 PROSE = (".md", ".rst", ".txt", ".adoc")
 
 
+# Reasons that mean the file is broken or hostile (counted in the invalid rate). The others
+# (duplicate, not_openapi, not_nodeset, not_pipeline, unsupported_format, ...) mean the file is
+# fine but not a training document of this domain: quarantined with the reason, not "invalid".
+INVALID_REASONS = frozenset(
+    {"empty", "binary", "not_utf8", "too_large", "unreadable", "malformed_yaml", "malformed_json",
+     "malformed_xml", "unsafe_xml", "not_structured", "too_short"}
+)
+
+
 @dataclass
 class Document:
     doc_id: str  # sha256 of the raw bytes: identical files are one document
@@ -56,6 +65,10 @@ class CurationResult:
     quarantined: list[Quarantined] = field(default_factory=list)
     duplicates: int = 0
     files_seen: int = 0
+
+    @property
+    def invalid(self) -> int:
+        return sum(q.reason in INVALID_REASONS for q in self.quarantined)
 
     def reason_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -252,7 +265,7 @@ def save_curated(result: CurationResult, out_dir: Path, report: dict[str, Any]) 
             features = dd[name].features
     for name, rows in splits.items():
         if not rows and features is not None:
-            dd[name] = Dataset.from_list([], features=features)
+            dd[name] = Dataset.from_dict({k: [] for k in features}, features=features)
     if dd:
         DatasetDict(dd).save_to_disk(str(out_dir / "dataset"))
     with open(out_dir / "quarantine.jsonl", "w", encoding="utf-8") as f:

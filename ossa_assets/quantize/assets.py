@@ -86,6 +86,7 @@ def onnx_model(
     group_name="quantize",
     kinds={"onnx"},
     owners=["team:serving"],
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # as the rest of its job: one domain per run
     check_specs=[
         dg.AssetCheckSpec(
             "int8_top1_agreement",

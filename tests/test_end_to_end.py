@@ -1,0 +1,361 @@
+"""The whole graph, materialized once through the real CLI (`ossa materialize`: persistent
+instance, multiprocess executor, gpu pool), on tiny settings and real documents from
+../shared/corpora (the shipped sample where that is absent). The tests then look at the
+artifacts themselves: loss fell, the adapter loads with peft, Qdrant finds a document, the int8
+ONNX model runs, the endpoints answer over HTTP, the lineage query returns the full chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLE, SHARED_CORPORA
+
+pytestmark = pytest.mark.slow
+
+DOMAIN_DIRS = ("openapi", "opcua", "cicd")
+SUFFIXES = {".yaml", ".yml", ".json", ".xml", ".md", ".rst"}
+
+
+def _corpus_subset(dest: Path, per_domain: int = 45, max_bytes: int = 40_000) -> Path:
+    """A deterministic spread of small real documents from every source of ../shared/corpora."""
+    for sub in DOMAIN_DIRS:
+        files = sorted(
+            p for p in (SHARED_CORPORA / sub).rglob("*")
+            if p.is_file() and p.suffix in SUFFIXES and p.stat().st_size <= max_bytes
+        )
+        step = max(1, len(files) // per_domain)
+        for p in files[::step][:per_domain]:
+            target = dest / sub / p.relative_to(SHARED_CORPORA / sub)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    if SHARED_CORPORA.is_dir():
+        corpus = _corpus_subset(base / "corpus")
+    else:  # a clean clone elsewhere: the sample the project ships
+        corpus = SAMPLE
+    home = base / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "OSSA_DATA_ROOT": str(base / "data"),
+        "OSSA_CORPUS_ROOT": str(corpus),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ossa_assets.cli", "materialize"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    ns = SimpleNamespace(
+        base=base, home=home, data=base / "data", corpus=corpus, env=env, proc=proc,
+        seconds=time.perf_counter() - t0,
+    )
+    yield ns
+    subprocess.run([sys.executable, "-m", "ossa_assets.cli", "store", "stop"], cwd=ROOT, env=env, capture_output=True)
+
+
+@pytest.fixture
+def in_env(pipeline, monkeypatch):
+    for k in ("DAGSTER_HOME", "OSSA_DATA_ROOT", "OSSA_CORPUS_ROOT"):
+        monkeypatch.setenv(k, pipeline.env[k])
+    return pipeline
+
+
+def _latest(instance, key: list[str], partition: str | None = None):
+    import dagster as dg
+
+    res = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        limit=1,
+    )
+    assert res.records, f"{key}[{partition}] was never materialized"
+    return res.records[0].asset_materialization
+
+
+def _md(mat) -> dict:
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_whole_graph_materializes(pipeline):
+    out = pipeline.proc.stdout + pipeline.proc.stderr
+    assert pipeline.proc.returncode == 0, out[-6000:]
+    last = pipeline.proc.stdout.strip().splitlines()[-1]
+    assert last == "materialized 19/19 assets, checks 10/10 passed", out[-3000:]
+
+
+def test_fine_tuning_lowered_validation_loss(in_env):
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    for domain in ("api_spec", "industrial_protocol", "devops_workflow"):
+        md = _md(_latest(instance, ["finetune", "domain_checkpoint"], domain))
+        assert md["val_loss"] < md["untrained_val_loss"], (domain, md)
+        assert md["registered_model"].startswith(f"ossa-{domain}-checkpoint v")
+
+
+def test_training_is_tracked_and_registered_in_mlflow(in_env):
+    from mlflow.tracking import MlflowClient
+
+    db = Path(in_env.env["OSSA_DATA_ROOT"]) / "mlflow" / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
+    versions = client.search_model_versions("name='ossa-api_spec-checkpoint'")
+    assert versions
+    run = client.get_run(versions[0].run_id)
+    assert run.info.status == "FINISHED"
+    assert float(run.data.params["max_steps"]) > 0
+    assert "val_loss" in run.data.metrics and "train_loss" in run.data.metrics
+    assert run.data.tags["dagster.partition"] == "api_spec"
+    assert client.search_model_versions("name='ossa-api_spec-adapter'")
+
+
+def test_adapter_loads_with_peft(in_env):
+    import dagster as dg
+    from peft import PeftConfig, PeftModel
+
+    from ossa_assets.lib.modeling import load_causal_lm
+
+    instance = dg.DagsterInstance.get()
+    adapter = _md(_latest(instance, ["lora", "multitask_adapter"], "devops_workflow"))["ossa/path"]
+    checkpoint = _md(_latest(instance, ["finetune", "domain_checkpoint"], "devops_workflow"))["ossa/path"]
+    assert (Path(adapter) / "adapter_model.safetensors").is_file()
+    cfg = PeftConfig.from_pretrained(adapter)
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (64, 128, 0.1)
+    assert set(cfg.target_modules) == {"q_proj", "v_proj", "gate_proj"}
+    model = PeftModel.from_pretrained(load_causal_lm(checkpoint), adapter)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_qdrant_search_finds_a_document(in_env):
+    import dagster as dg
+
+    from ossa_assets.lib import corpora, embeddings
+
+    instance = dg.DagsterInstance.get()
+    md = _md(_latest(instance, ["embeddings", "document_index"]))
+    corpus = _md(_latest(instance, ["corpora", "curated_corpus"], "industrial_protocol"))["ossa/path"]
+    doc = corpora.load_split_texts(corpus, "train")[0]
+    client = embeddings.open_qdrant(path=str(Path(in_env.env["OSSA_DATA_ROOT"]) / "qdrant"))
+    try:
+        hits = embeddings.search(
+            client, embeddings.load_embedder(None, 128), "docs-live", embeddings.embedding_text(doc["text"]), limit=3
+        )
+        assert hits[0]["doc_id"] == doc["doc_id"]
+        assert hits[0]["domain"] == "industrial_protocol"
+        assert client.count(md["collection"]).count == md["points"]
+    finally:
+        client.close()
+
+
+def test_int8_onnx_model_runs_and_agrees(in_env):
+    import dagster as dg
+    import numpy as np
+
+    from ossa_assets.lib.modeling import load_tokenizer
+    from ossa_assets.lib.onnx_export import OnnxCausalLM
+
+    instance = dg.DagsterInstance.get()
+    md = _md(_latest(instance, ["quantize", "int8_model"], "api_spec"))
+    assert md["top1_agreement"] >= 0.95
+    assert md["int8_bytes"] < md["fp32_bytes"]
+    engine_dir = Path(md["ossa/path"])
+    tok = load_tokenizer(engine_dir)
+    lm = OnnxCausalLM(engine_dir / "model.int8.onnx")
+    ids = tok("openapi: 3.0.0\npaths:", add_special_tokens=False)["input_ids"]
+    logits = lm.logits([ids])
+    assert logits.shape == (1, len(ids), len(tok)) and np.isfinite(logits).all()
+    assert len(lm.generate(ids, 5)) == 5
+
+
+# -- serving over HTTP -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(pipeline):
+    import uvicorn
+
+    from ossa_assets.serving.server import create_app
+
+    state = pipeline.data / "serving" / "deployment.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(state)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, state=state)
+    srv.should_exit = True
+    t.join(timeout=10)
+
+
+def test_endpoints_answer_over_http(server):
+    import httpx
+
+    from ossa_assets.serving.server import ROUTES
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        models = c.get("/v1/models").json()
+        assert sorted(m["route"] for m in models["models"]) == sorted(ROUTES)
+        for route, domain in ROUTES.items():
+            r = c.post(route, json={"prompt": "name: build\non:", "max_new_tokens": 6})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["domain"] == domain and body["completion_tokens"] >= 1
+            assert body["lineage_id"].startswith(f"quantize/int8_model[{domain}]@")
+            again = c.post(route, json={"prompt": "name: build\non:", "max_new_tokens": 6}).json()
+            assert again["cached"] and again["completion"] == body["completion"]
+        hits = c.post("/v1/search", json={"query": "OPC UA NodeSet variable", "limit": 3, "domain": "industrial_protocol"})
+        assert hits.status_code == 200 and 1 <= len(hits.json()["hits"]) <= 3
+        assert all(h["domain"] == "industrial_protocol" for h in hits.json()["hits"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "needle"),
+    [
+        ("POST", "/api-model/v1", {}, 422, "prompt"),
+        ("POST", "/api-model/v1", {"prompt": ""}, 422, "prompt"),
+        ("POST", "/api-model/v1", {"prompt": "x", "max_new_tokens": 100000}, 422, "max_new_tokens"),
+        ("POST", "/api-model/v1", {"prompt": "x", "temperature": 2}, 422, "temperature"),
+        ("POST", "/api-model/v1", "not json", 422, "invalid"),
+        ("POST", "/v1/search", {"query": "x", "limit": 0}, 422, "limit"),
+        ("GET", "/api-model/v1", None, 405, "Method Not Allowed"),
+        ("POST", "/nope/v1", {"prompt": "x"}, 404, "Not Found"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_message(server, method, path, body, status, needle):
+    import httpx
+
+    kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+    r = httpx.request(method, server.url + path, timeout=30, **kwargs)
+    assert r.status_code == status
+    payload = r.json()
+    assert needle in json.dumps(payload)
+    assert "Traceback" not in r.text
+
+
+def test_new_deployment_is_picked_up_without_restart(server):
+    import httpx
+
+    from ossa_assets.lib.artifacts import atomic_write_text
+
+    original = server.state.read_text()
+    state = json.loads(original)
+    try:
+        # point the API route at the devops engine: a different model version goes live
+        state["routes"]["/api-model/v1"] = {**state["routes"]["/devops-model/v1"], "domain": "api_spec"}
+        time.sleep(0.01)
+        atomic_write_text(server.state, json.dumps(state))
+        os.utime(server.state, (time.time() + 1, time.time() + 1))
+        r = httpx.post(server.url + "/api-model/v1", json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
+        assert r.json()["model_version"] == state["routes"]["/devops-model/v1"]["model_version"]
+
+        # a broken deployment leaves the previous engines serving and says so on /health
+        broken = json.loads(json.dumps(state))
+        broken["routes"]["/api-model/v1"]["engine_path"] = "/nonexistent"
+        broken["routes"]["/api-model/v1"]["model_version"] = "broken"
+        atomic_write_text(server.state, json.dumps(broken))
+        os.utime(server.state, (time.time() + 2, time.time() + 2))
+        r = httpx.post(server.url + "/api-model/v1", json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] != "broken"
+        assert httpx.get(server.url + "/health").json()["last_reload_error"]
+    finally:
+        atomic_write_text(server.state, original)
+        os.utime(server.state, (time.time() + 3, time.time() + 3))
+
+
+# -- lineage -----------------------------------------------------------------------------------
+
+CHAIN = {
+    "quantize/int8_model[api_spec]",
+    "quantize/onnx_model[api_spec]",
+    "lora/multitask_adapter[api_spec]",
+    "finetune/domain_checkpoint[api_spec]",
+    "finetune/base_model",
+    "corpora/curated_corpus[api_spec]",
+}
+
+
+def _asset_part(node_id: str) -> str:
+    return node_id.split("@", 1)[0]
+
+
+def _upstream_assets(store, route: str = "/api-model/v1") -> set[str]:
+    from ossa_assets.lineage import queries
+
+    root = queries.resolve(store, route)
+    lin = store.upstream(root)
+    return {_asset_part(n["id"]) for n in [lin.root, *lin.nodes] if "@" in n["id"]}
+
+
+def test_lineage_upstream_from_endpoint_reaches_its_corpus(in_env):
+    from resources import build_resources
+
+    store = build_resources()["graph"].open()
+    try:
+        assert CHAIN <= _upstream_assets(store)
+        # the endpoint names what it serves
+        ep = store.get_node("endpoint:/api-model/v1")
+        assert ep["props"]["lineage_id"].startswith("quantize/int8_model[api_spec]@")
+    finally:
+        store.close()
+
+
+def test_lineage_cli_prints_the_chain(pipeline):
+    out = subprocess.run(
+        [sys.executable, "-m", "ossa_assets.cli", "lineage", "upstream", "/api-model/v1"],
+        cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for asset in CHAIN:
+        assert asset in out.stdout, out.stdout
+    assert "mlflow run" in out.stdout
+
+
+def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server):
+    """The same event log replayed into a Bolt (Neo4j protocol) server gives the same chain."""
+    import dagster as dg
+
+    from ossa_assets.definitions import ASSET_KEYS
+    from ossa_assets.lib.graph_store import open_graph_store
+    from ossa_assets.lineage import recorder
+    from resources import build_resources
+
+    bolt = open_graph_store("bolt", uri=bolt_server.uri)
+    embedded = build_resources()["graph"].open()
+    try:
+        stats = recorder.rebuild(dg.DagsterInstance.get(), bolt, ASSET_KEYS)
+        assert stats.materializations == 19 and stats.skipped_edges == 0
+        assert _upstream_assets(bolt) == _upstream_assets(embedded)
+        # replaying again adds nothing (idempotent)
+        before = bolt.counts()
+        recorder.sync(dg.DagsterInstance.get(), bolt, ASSET_KEYS, 0)
+        assert bolt.counts() == before
+    finally:
+        bolt.close()
+        embedded.close()
+    assert bolt_server.alive()

@@ -1,0 +1,101 @@
+"""The production storage path, against the real Postgres and Redis on this machine.
+
+Production switches by configuration only: the Dagster instance of deploy/dagster.prod.yaml
+(its storage section; the k8s run launcher needs a cluster, which cannot run here), MLflow with a
+Postgres backend, and the Redis response cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from tests.conftest import ROOT, copy_sample, tiny_resources
+
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(dbname="postgres", connect_timeout=2, **PG).close()
+        return True
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _pg_available(), reason="no Postgres on 127.0.0.1:5432")
+
+
+@pytest.fixture
+def pg_database():
+    import psycopg2
+
+    name = f"ossa_test_{uuid.uuid4().hex[:10]}"
+    conn = psycopg2.connect(dbname="postgres", **PG)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield name
+    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def test_prod_instance_config_stores_runs_in_postgres(tmp_path, data_root, pg_database, monkeypatch):
+    from ossa_assets.corpora.assets import curated_corpus
+
+    prod = yaml.safe_load((ROOT / "deploy" / "dagster.prod.yaml").read_text())
+    home = tmp_path / "prod_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": prod["storage"], "telemetry": prod["telemetry"]}))
+    for k, v in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_DB": pg_database,
+                 "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": ""}.items():
+        monkeypatch.setenv(k, v)
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        result = dg.materialize(
+            [curated_corpus], partition_key="api_spec", instance=instance,
+            resources=tiny_resources(data_root, copy_sample(tmp_path / "corpus")),
+        )
+        assert result.success
+        rec = instance.fetch_materializations(dg.AssetKey(["corpora", "curated_corpus"]), limit=1).records[0]
+        assert rec.asset_materialization.partition == "api_spec"
+        assert rec.asset_materialization.metadata["documents"].value > 10
+    finally:
+        instance.dispose()
+
+
+def test_mlflow_tracking_and_registry_on_postgres(pg_database):
+    from resources.mlflow import MlflowResource
+
+    res = MlflowResource(tracking_uri=f"postgresql://postgres@127.0.0.1:5432/{pg_database}")
+    client = res.client()
+    exp = client.get_experiment_by_name("ossa")
+    run = client.create_run(exp.experiment_id, run_name="pg-check")
+    client.log_metric(run.info.run_id, "val_loss", 1.5)
+    mv = client.create_registered_model("ossa-pg-check") and client.create_model_version(
+        "ossa-pg-check", "file:///tmp/model", run_id=run.info.run_id
+    )
+    client.set_terminated(run.info.run_id)
+    assert client.get_run(run.info.run_id).data.metrics["val_loss"] == 1.5
+    assert mv.version == "1" or mv.version == 1
+
+
+def test_redis_response_cache_roundtrip():
+    from ossa_assets.lib.cache import cache_key, make_cache
+
+    try:
+        cache = make_cache("redis://127.0.0.1:6379/0")
+    except Exception as e:  # pragma: no cover - the machine's Redis is down
+        pytest.skip(f"no Redis on 127.0.0.1:6379: {e}")
+    key = cache_key(f"v-{uuid.uuid4().hex}", "/api-model/v1", {"prompt": "x", "max_new_tokens": 3})
+    assert cache.get(key) is None
+    cache.set(key, {"completion": "abc"}, ttl_s=30)
+    assert cache.get(key) == {"completion": "abc"}
+    other_version = cache_key("another", "/api-model/v1", {"prompt": "x", "max_new_tokens": 3})
+    assert cache.get(other_version) is None
