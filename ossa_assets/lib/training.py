@@ -30,7 +30,8 @@ def pack_blocks(
     stream: list[int] = []
     blocks: list[list[int]] = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # whole documents are longer than the context on purpose: they are packed into blocks below
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if prefix is not None:
             stream.append(prefix)
         stream.extend(ids)

@@ -1,0 +1,159 @@
+"""Time the whole graph, and its orchestration overhead against the bare library.
+
+Two measurements in one run, on the same corpus and the active profile (tiny by default):
+  bare   the stage library calls in one process, in the graph's order (curate -> base ->
+         finetune -> adapter -> merge/export/quantize -> embed/index), no Dagster
+  graph  `ossa materialize` in a fresh instance: persistent SQLite instance, multiprocess
+         executor, gpu pool, MLflow tracking, lineage sync
+and prints wall times, per-job times and the ratio graph/bare. Repeat with --repeat N for
+medians (each repetition takes minutes on 2 cores).
+
+  python bench/bench_graph.py [--corpus DIR] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DOMAIN_DIRS = {"api_spec": "openapi", "industrial_protocol": "opcua", "devops_workflow": "cicd"}
+
+
+def bare(corpus: Path, work: Path) -> dict[str, float]:
+    """The graph's computations as plain function calls (the orchestration-free baseline)."""
+    from ossa_assets.configs import load_profile
+    from ossa_assets.corpora.config import CuratedCorpusConfig
+    from ossa_assets.embeddings.config import DocumentIndexConfig
+    from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
+    from ossa_assets.lib import corpora, embeddings, finetune, lora, onnx_export
+    from ossa_assets.lib.modeling import DOMAIN_TOKENS, load_tokenizer
+    from ossa_assets.lib.training import TrainSettings, pack_blocks
+    from ossa_assets.lora.config import AdapterConfig
+    from ossa_assets.quantize.config import QuantizeConfig
+
+    load_profile.cache_clear()
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    cc = CuratedCorpusConfig()
+    curated = {}
+    for domain, sub in DOMAIN_DIRS.items():
+        res = corpora.curate({sub: corpus / sub}, domain, max_bytes=cc.max_document_bytes, val_fraction=cc.validation_fraction)
+        curated[domain] = res
+        corpora.save_curated(res, _fresh(work / "corpus" / domain), {})
+    times["curate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    bc = BaseModelConfig()
+    texts = [d.text for r in curated.values() for d in r.documents if d.split == "train"]
+    arch = {k: getattr(bc, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
+    base_dir = _fresh(work / "base")
+    finetune.build_base(base_dir, texts, pretrained_path=None, vocab_size=bc.vocab_size, arch=arch,
+                        tokenizer_max_chars=bc.tokenizer_max_chars, seed=bc.seed)
+    times["base_model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ic = DocumentIndexConfig()
+    docs = [{**d.__dict__, "data_version": "bench"} for r in curated.values() for d in r.documents]
+    client = embeddings.open_qdrant(path=str(_fresh(work / "qdrant")))
+    embedder = embeddings.load_embedder(None, ic.max_seq_length)
+    embeddings.index_documents(client, embedder, "bench", docs, "bench", ic.batch_size)
+    client.close()
+    times["document_index"] = time.perf_counter() - t
+
+    fc, ac, qc = FinetuneConfig(), AdapterConfig(), QuantizeConfig()
+    train = {d: [x.text for x in r.documents if x.split == "train"] for d, r in curated.items()}
+    val = {d: [x.text for x in r.documents if x.split == "validation"] for d, r in curated.items()}
+    for domain in DOMAIN_DIRS:
+        t = time.perf_counter()
+        ck = work / "ck" / domain
+        finetune.finetune_domain(
+            base_dir, train[domain], val[domain], domain, _fresh(ck), seq_len=fc.seq_len,
+            settings=TrainSettings(fc.max_steps, fc.batch_size, fc.learning_rate, fc.grad_accum, seed=fc.seed),
+            max_eval_blocks=fc.max_eval_blocks, work_dir=_fresh(work / "trainer"),
+        )
+        ad = work / "ad" / domain
+        weights = {d: ac.own_domain_weight if d == domain else ac.other_domain_weight for d in train}
+        lora.train_adapter(
+            ck, train, weights, val[domain], domain, _fresh(ad),
+            lora=lora.LoraSettings(ac.r, ac.alpha, ac.dropout, tuple(ac.target_modules)), seq_len=ac.seq_len,
+            settings=TrainSettings(ac.max_steps, ac.batch_size, ac.learning_rate, ac.grad_accum, seed=ac.seed),
+            mixture_blocks=ac.max_steps * ac.batch_size * ac.grad_accum, max_eval_blocks=ac.max_eval_blocks,
+            work_dir=_fresh(work / "trainer"),
+        )
+        q = _fresh(work / "q" / domain)
+        onnx_export.merge_adapter(ck, ad, q / "merged")
+        onnx_export.export_onnx(q / "merged", q / "model.onnx")
+        onnx_export.quantize_int8(q / "model.onnx", q / "model.int8.onnx", per_channel=qc.per_channel)
+        tok = load_tokenizer(q / "merged")
+        blocks = pack_blocks(tok, val[domain], qc.eval_seq_len, DOMAIN_TOKENS[domain], max_blocks=qc.eval_blocks)
+        onnx_export.top1_agreement(q / "merged", q / "model.int8.onnx", blocks)
+        times[f"domain[{domain}]"] = time.perf_counter() - t
+    return times
+
+
+def _fresh(p: Path) -> Path:
+    shutil.rmtree(p, ignore_errors=True)
+    p.mkdir(parents=True)
+    return p
+
+
+def graph(corpus: Path, work: Path) -> tuple[float, dict[str, float], str]:
+    home = _fresh(work / "dagster_home")
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "OSSA_DATA_ROOT": str(_fresh(work / "data")),
+           "OSSA_CORPUS_ROOT": str(corpus)}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ossa_assets.cli", "materialize"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    subprocess.run([sys.executable, "-m", "ossa_assets.cli", "store", "stop"], cwd=ROOT, env=env, capture_output=True)
+    if proc.returncode != 0:
+        sys.exit(f"ossa materialize failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    runs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+): ok in ([0-9.]+)s", proc.stdout, re.M)}
+    return wall, runs, proc.stdout.strip().splitlines()[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", default=str(ROOT / "ossa_assets" / "corpora" / "sample"))
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    corpus = Path(args.corpus).resolve()
+    bare_walls, graph_walls = [], []
+    with tempfile.TemporaryDirectory(prefix="ossa-bench-") as tmp:
+        for i in range(args.repeat):
+            t = time.perf_counter()
+            stages = bare(corpus, Path(tmp) / "bare")
+            bare_walls.append(time.perf_counter() - t)
+            wall, runs, summary = graph(corpus, Path(tmp) / "graph")
+            graph_walls.append(wall)
+            print(f"[{i + 1}/{args.repeat}] bare {bare_walls[-1]:.1f}s {_fmt(stages)}")
+            print(f"[{i + 1}/{args.repeat}] graph {wall:.1f}s {_fmt(runs)} -> {summary}")
+    b, g = statistics.median(bare_walls), statistics.median(graph_walls)
+    print(f"\ncorpus: {corpus}")
+    print(f"bare library pipeline (baseline): median {b:.1f}s over {len(bare_walls)}")
+    print(f"ossa materialize (whole graph):   median {g:.1f}s over {len(graph_walls)}")
+    print(f"ratio graph/bare: {g / b:.2f}  (orchestration, tracking, lineage and process overhead)")
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return "(" + ", ".join(f"{k} {v:.1f}s" for k, v in d.items()) + ")"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The hourly real-time adapter: trains on the hour's new documents, warm-starts, no-ops when quiet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from tests.conftest import copy_sample, tiny_resources
+
+HOUR = "2026-11-20-10:00"
+NEXT = "2026-11-20-11:00"
+LATER = "2026-11-20-13:00"
+
+
+def _set_mtime(root: Path, when: dt.datetime, pattern: str) -> int:
+    ts = when.timestamp()
+    n = 0
+    for p in root.rglob(pattern):
+        if p.is_file():
+            os.utime(p, (ts, ts))
+            n += 1
+    return n
+
+
+def test_realtime_adapter_chain(tmp_path, data_root):
+    from ossa_assets.corpora.assets import curated_corpus
+    from ossa_assets.finetune.assets import base_model
+    from ossa_assets.lora.assets import realtime_adapter
+
+    corpus = copy_sample(tmp_path / "corpus")
+    old = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    _set_mtime(corpus, old, "*")
+    arrived = _set_mtime(corpus / "cicd" / "github", dt.datetime(2026, 11, 20, 10, 30, tzinfo=dt.timezone.utc), "*.yml")
+    assert arrived > 5
+    later = _set_mtime(corpus / "openapi" / "partners", dt.datetime(2026, 11, 20, 13, 15, tzinfo=dt.timezone.utc), "*")
+    assert later > 0
+
+    resources = tiny_resources(data_root, corpus)
+    instance = dg.DagsterInstance.ephemeral()
+    for domain in ("api_spec", "industrial_protocol", "devops_workflow"):
+        assert dg.materialize([curated_corpus], partition_key=domain, resources=resources, instance=instance).success
+    assert dg.materialize([base_model, curated_corpus.to_source_asset()], resources=resources, instance=instance,
+                          selection=[base_model]).success
+
+    def run(hour):
+        res = dg.materialize(
+            [realtime_adapter, base_model.to_source_asset(), curated_corpus.to_source_asset()],
+            partition_key=hour, resources=resources, instance=instance, selection=[realtime_adapter],
+        )
+        assert res.success
+        mat = res.asset_materializations_for_node("lora__realtime_adapter")[0]
+        return res.output_for_node("lora__realtime_adapter"), {k: v.value for k, v in mat.metadata.items()}
+
+    first, md1 = run(HOUR)
+    assert md1["outcome"] == "trained" and md1["new_documents"] == arrived
+    assert md1["warm_started_from"] == "cold start"
+    assert (Path(first.path) / "adapter_model.safetensors").is_file()
+
+    quiet, md2 = run(NEXT)
+    assert md2["outcome"].startswith("no-op") and md2["new_documents"] == 0
+    assert quiet.path == first.path and quiet.data_version == first.data_version
+    assert first.lineage_id in quiet.derived_from  # the warm-start chain is recorded
+
+    warm, md3 = run(LATER)
+    assert md3["outcome"] == "trained" and md3["warm_started_from"] == NEXT
+    assert warm.data_version != first.data_version
+    assert quiet.lineage_id in warm.derived_from
