@@ -42,6 +42,10 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: install
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/ruff check ossa_assets resources sensors tests bench
+
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python bench/bench_graph.py
 

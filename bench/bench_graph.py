@@ -39,7 +39,7 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
     from ossa_assets.corpora.config import CuratedCorpusConfig
     from ossa_assets.embeddings.config import DocumentIndexConfig
     from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
-    from ossa_assets.lib import corpora, embeddings, finetune, lora, onnx_export
+    from ossa_assets.lib import corpora, embeddings, finetune, lora, onnx_export, onnx_runtime
     from ossa_assets.lib.modeling import DOMAIN_TOKENS, load_tokenizer
     from ossa_assets.lib.training import TrainSettings, pack_blocks
     from ossa_assets.lora.config import AdapterConfig
@@ -101,7 +101,7 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
         onnx_export.quantize_int8(q / "model.onnx", q / "model.int8.onnx", per_channel=qc.per_channel)
         tok = load_tokenizer(q / "merged")
         blocks = pack_blocks(tok, val[domain], qc.eval_seq_len, DOMAIN_TOKENS[domain], max_blocks=qc.eval_blocks)
-        onnx_export.top1_agreement(q / "merged", q / "model.int8.onnx", blocks)
+        onnx_runtime.top1_agreement(q / "merged", q / "model.int8.onnx", blocks)
         times[f"domain[{domain}]"] = time.perf_counter() - t
     return times
 

@@ -20,16 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ossa_assets.lib.onnx_export import (  # noqa: E402
-    OnnxCausalLM,
-    export_onnx,
-    logits_module,
-    merge_adapter,
-    quantize_int8,
-    top1_agreement,
-)
+from ossa_assets.lib.onnx_export import export_onnx, logits_module, merge_adapter, quantize_int8  # noqa: E402
+from ossa_assets.lib.onnx_runtime import OnnxCausalLM, top1_agreement  # noqa: E402
 
-CORPUS = Path("/work/shared/corpora/openapi")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "openapi"
 SEQ = 64
 
 

@@ -109,8 +109,12 @@ def _partition_keys(job_name: str, partitioned: bool) -> list[str | None]:
     return list(domain_partitions.get_partition_keys()) if partitioned else [None]
 
 
-def materialize(only: list[str] | None = None, log=print) -> MaterializeSummary:
-    """Run the pipeline's jobs in order, one run per partition, on the persistent instance."""
+def materialize(only: list[str] | None = None, log=print, verbose: bool = False) -> MaterializeSummary:
+    """Run the pipeline's jobs in order, one run per partition, on the persistent instance.
+
+    The console shows warnings and errors only (unless verbose); every event is in the event
+    log, where the UI shows it.
+    """
     import dagster as dg
 
     from ossa_assets.definitions import defs
@@ -134,7 +138,10 @@ def materialize(only: list[str] | None = None, log=print) -> MaterializeSummary:
             summary.checks_total += len(check_keys)
             t_run = time.perf_counter()
             result = dg.execute_job(
-                dg.reconstructable(_JOB_POINTERS[job.name]), instance=instance, tags=tags
+                dg.reconstructable(_JOB_POINTERS[job.name]),
+                instance=instance,
+                tags=tags,
+                run_config=None if verbose else {"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )
             mats = {e.asset_key for e in result.get_asset_materialization_events()}
             evals = result.get_asset_check_evaluations()
@@ -327,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("materialize", help="run the whole graph")
     m.add_argument("--job", action="append", help="only these jobs (repeatable)")
+    m.add_argument("--verbose", action="store_true", help="print every Dagster event")
     s = sub.add_parser("serve", help="run the inference server")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -344,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "materialize":
-        summary = materialize(only=args.job)
+        summary = materialize(only=args.job, verbose=args.verbose)
         print(summary.line())
         return 0 if summary.ok else 1
     if args.cmd == "serve":
@@ -355,9 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "lineage":
         return _cmd_lineage(args)
     if args.cmd == "store":
-        from resources import data_root
-
         from ossa_assets.lib.graph_store import EmbeddedFalkorDB
+        from resources import data_root
 
         EmbeddedFalkorDB(data_root() / "graph").stop()
         print("embedded graph store stopped")

@@ -171,7 +171,7 @@ def test_int8_onnx_model_runs_and_agrees(in_env):
     import numpy as np
 
     from ossa_assets.lib.modeling import load_tokenizer
-    from ossa_assets.lib.onnx_export import OnnxCausalLM
+    from ossa_assets.lib.onnx_runtime import OnnxCausalLM
 
     instance = dg.DagsterInstance.get()
     md = _md(_latest(instance, ["quantize", "int8_model"], "api_spec"))

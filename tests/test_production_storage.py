@@ -8,7 +8,6 @@ Postgres backend, and the Redis response cache.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pytest

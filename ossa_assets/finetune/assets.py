@@ -111,15 +111,7 @@ def domain_checkpoint(
     domain = context.partition_key
     train_texts = [r["text"] for r in corpora_lib.load_split_texts(corpus.path, "train")]
     val_texts = [r["text"] for r in corpora_lib.load_split_texts(corpus.path, "validation")]
-    settings = TrainSettings(
-        max_steps=config.max_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        grad_accum=config.grad_accum,
-        precision=config.precision,
-        gradient_checkpointing=config.gradient_checkpointing,
-        seed=config.seed,
-    )
+    settings = TrainSettings.from_config(config)
     params = {**config.model_dump(), "domain": domain, "base_version": base.data_version,
               "data_version": corpus.data_version}
     parent = store.dir_for(context.asset_key, domain)

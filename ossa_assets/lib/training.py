@@ -128,6 +128,13 @@ class TrainSettings:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_config(cls, config: Any) -> "TrainSettings":
+        """Settings from any object with these field names (the stages' Config classes)."""
+        names = ("max_steps", "batch_size", "learning_rate", "grad_accum", "precision",
+                 "gradient_checkpointing", "seed")
+        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+
 
 @dataclass
 class TrainResult:

@@ -77,13 +77,7 @@ def multitask_adapter(
         d: (config.own_domain_weight if d == domain else config.other_domain_weight)
         for d in train_texts
     }
-    settings = TrainSettings(
-        max_steps=config.max_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        grad_accum=config.grad_accum,
-        seed=config.seed,
-    )
+    settings = TrainSettings.from_config(config)
     lora = lib.LoraSettings(config.r, config.alpha, config.dropout, tuple(config.target_modules))
     parent = store.dir_for(context.asset_key, domain)
     params = {**config.model_dump(), "domain": domain, "checkpoint_version": checkpoint.data_version}
@@ -206,13 +200,7 @@ def realtime_adapter(
     by_domain: dict[str, list[str]] = {}
     for r in rows:
         by_domain.setdefault(r["domain"], []).append(r["text"])
-    settings = TrainSettings(
-        max_steps=config.max_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        grad_accum=config.grad_accum,
-        seed=config.seed,
-    )
+    settings = TrainSettings.from_config(config)
     parent = store.dir_for(context.asset_key, context.partition_key)
     val_domain = max(by_domain, key=lambda d: len(by_domain[d]))
     with staging_dir(parent) as tmp:

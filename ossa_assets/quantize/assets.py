@@ -22,6 +22,7 @@ from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import onnx_export as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
+from ossa_assets.lib.onnx_runtime import top1_agreement
 from ossa_assets.quantize.config import QuantizeConfig
 from resources import GPU_POOL, gpu_pod_tags
 from resources.storage import ArtifactStore
@@ -122,7 +123,7 @@ def int8_model(
     blocks = pack_blocks(
         tokenizer, val_texts, config.eval_seq_len, DOMAIN_TOKENS[domain], max_blocks=config.eval_blocks
     )
-    agreement = lib.top1_agreement(src / "merged", final / "model.int8.onnx", blocks)
+    agreement = top1_agreement(src / "merged", final / "model.int8.onnx", blocks)
     passed = agreement["agreement"] >= config.min_top1_agreement
     check = dg.AssetCheckResult(
         check_name="int8_top1_agreement",

@@ -108,7 +108,7 @@ class DeploymentWatcher:
 
     def _load_routes(self, state: dict[str, Any]) -> dict[str, LoadedRoute]:
         from ossa_assets.lib.modeling import DOMAIN_TOKENS, load_tokenizer
-        from ossa_assets.lib.onnx_export import OnnxCausalLM
+        from ossa_assets.lib.onnx_runtime import OnnxCausalLM
 
         loaded: dict[str, LoadedRoute] = {}
         for route, spec in state.get("routes", {}).items():

@@ -4,7 +4,6 @@ Bolt endpoint, which stands in for Neo4j. The same tests run on both backends.""
 from __future__ import annotations
 
 import multiprocessing
-import time
 from pathlib import Path
 
 import pytest

@@ -14,18 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ossa_assets.lib.onnx_export import (
-    OnnxCausalLM,
-    export_onnx,
-    merge_adapter,
-    quantize_int8,
-    top1_agreement,
-    usable_providers,
-)
+from ossa_assets.lib.onnx_export import export_onnx, merge_adapter, quantize_int8
+from ossa_assets.lib.onnx_runtime import OnnxCausalLM, top1_agreement, usable_providers
 
 torch = pytest.importorskip("torch")
 
-CORPUS = Path("/work/shared/corpora/openapi")
+# real OpenAPI documents; on a machine without ../shared, the sample the project ships
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "openapi"
+if not CORPUS.is_dir():
+    CORPUS = Path(__file__).resolve().parents[2] / "ossa_assets" / "corpora" / "sample" / "openapi"
 TRAIN_CHARS = 600_000  # enough text for 150 steps of 8×64 tokens without repeating much
 SEQ = 64
 
@@ -65,8 +62,6 @@ def _read(paths: list[Path], limit: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def corpus() -> dict[str, list[str]]:
-    if not CORPUS.is_dir():
-        pytest.skip(f"corpus {CORPUS} not present")
     train, held = _split_corpus()
     return {"train": _read(train, TRAIN_CHARS), "held": _read(held, 60_000)}
 
