@@ -310,6 +310,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0 if summary.ok and ok == total else 1
     if not summary.ok:
         print(summary.line())
+        print("inspect the failed runs in the Dagster UI: make ui")
         return 1
     print(summary.line())
     ui = subprocess.Popen(

@@ -45,7 +45,7 @@ def deployment(
     index: Artifact,
 ) -> StageResult:
     """The inference server's desired state: which engine serves each route, and the search index."""
-    by_domain = {d: a for d, a in engines.items()}
+    by_domain: dict[str, Artifact] = engines
     missing = sorted(set(ROUTES.values()) - set(by_domain))
     if missing:
         raise ValueError(f"no int8 engine for domains {missing}")
