@@ -298,6 +298,7 @@ def smoke_test(log=print) -> tuple[int, int]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
     ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -322,9 +323,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        ui.terminate()
+        # SIGINT, as Ctrl-C in a terminal would: `dagster dev` then stops its webserver, daemon
+        # and code servers (on SIGTERM it would exit and leave them running)
+        ui.send_signal(signal.SIGINT)
         try:
-            ui.wait(timeout=20)
+            ui.wait(timeout=30)
         except subprocess.TimeoutExpired:
             ui.kill()
     return 0

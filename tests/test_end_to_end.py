@@ -335,6 +335,24 @@ def test_lineage_cli_prints_the_chain(pipeline):
         assert asset in out.stdout, out.stdout
     assert "mlflow run" in out.stdout
 
+    by_key = subprocess.run(
+        [sys.executable, "-m", "ossa_assets.cli", "lineage", "upstream", "lora/multitask_adapter",
+         "--partition", "industrial_protocol", "--json"],
+        cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )
+    assert by_key.returncode == 0, by_key.stderr[-3000:]
+    data = json.loads(by_key.stdout)
+    assert data["root"]["id"].startswith("lora/multitask_adapter[industrial_protocol]@")
+    reached = {_asset_part(n["id"]) for n in data["nodes"]}
+    assert {"finetune/domain_checkpoint[industrial_protocol]", "finetune/base_model",
+            "corpora/curated_corpus[industrial_protocol]"} <= reached
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "ossa_assets.cli", "lineage", "upstream", "no/such_asset"],
+        cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode == 1 and "nothing in the lineage graph matches" in missing.stderr
+
 
 def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server):
     """The same event log replayed into a Bolt (Neo4j protocol) server gives the same chain."""
