@@ -42,6 +42,11 @@ class StageResult:
     checks: list[dg.AssetCheckResult] = field(default_factory=list)
 
 
+def gate(name: str, asset: dg.AssetKey, description: str) -> dg.AssetCheckSpec:
+    """A blocking check evaluated inside the asset: if it fails, nothing downstream runs."""
+    return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description)
+
+
 def _input_artifacts(values: Iterable[Any]) -> list[Artifact]:
     found: list[Artifact] = []
     for v in values:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.config import CuratedCorpusConfig
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.lib import corpora as lib
@@ -30,11 +30,10 @@ CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
     kinds={"python", "huggingface"},
     owners=["team:data"],
     check_specs=[
-        dg.AssetCheckSpec(
+        gate(
             "enough_valid_documents",
-            asset=CURATED_CORPUS,
-            blocking=True,
-            description="Enough curated (and validation) documents, and an invalid rate under the bound.",
+            CURATED_CORPUS,
+            "Enough curated (and validation) documents, and an invalid rate under the bound.",
         )
     ],
 )

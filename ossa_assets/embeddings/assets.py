@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.embeddings.config import DocumentIndexConfig
 from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import embeddings as lib
@@ -32,11 +32,10 @@ CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
     kinds={"qdrant"},
     owners=["team:search"],
     check_specs=[
-        dg.AssetCheckSpec(
+        gate(
             "nearest_neighbour_is_self",
-            asset=DOCUMENT_INDEX,
-            blocking=True,
-            description="Sampled documents retrieve themselves first; else the live alias stays put.",
+            DOCUMENT_INDEX,
+            "Sampled documents retrieve themselves first; else the live alias stays put.",
         )
     ],
 )

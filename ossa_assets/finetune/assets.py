@@ -15,7 +15,7 @@ import json
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
 from ossa_assets.lib import corpora as corpora_lib
@@ -91,11 +91,10 @@ def base_model(
     op_tags=gpu_pod_tags(gpus=8, cpu="32", memory="400Gi"),
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     check_specs=[
-        dg.AssetCheckSpec(
+        gate(
             "val_loss_below_untrained",
-            asset=DOMAIN_CHECKPOINT,
-            blocking=True,
-            description="Fine-tuning must lower validation loss below the untrained model's.",
+            DOMAIN_CHECKPOINT,
+            "Fine-tuning must lower validation loss below the untrained model's.",
         )
     ],
 )

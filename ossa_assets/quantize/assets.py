@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import onnx_export as lib
@@ -89,11 +89,10 @@ def onnx_model(
     owners=["team:serving"],
     backfill_policy=dg.BackfillPolicy.multi_run(1),  # as the rest of its job: one domain per run
     check_specs=[
-        dg.AssetCheckSpec(
+        gate(
             "int8_top1_agreement",
-            asset=INT8_MODEL,
-            blocking=True,
-            description="int8 next-token argmax agrees with the PyTorch model on validation tokens.",
+            INT8_MODEL,
+            "int8 next-token argmax agrees with the PyTorch model on validation tokens.",
         )
     ],
 )
