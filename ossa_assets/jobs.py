@@ -6,6 +6,17 @@ assets); fan-in stages run once after them.
 
 import dagster as dg
 
+from ossa_assets.keys import (
+    BASE_MODEL,
+    DEPLOYMENT,
+    DOCUMENT_INDEX,
+    DOMAIN_CHECKPOINT,
+    INT8_MODEL,
+    MULTITASK_ADAPTER,
+    ONNX_MODEL,
+    REALTIME_ADAPTER,
+)
+
 curate_corpora = dg.define_asset_job(
     "curate_corpora",
     selection=dg.AssetSelection.groups("corpora"),
@@ -13,27 +24,22 @@ curate_corpora = dg.define_asset_job(
 )
 build_foundations = dg.define_asset_job(
     "build_foundations",
-    selection=dg.AssetSelection.assets(["finetune", "base_model"], ["embeddings", "document_index"]),
+    selection=dg.AssetSelection.assets(BASE_MODEL, DOCUMENT_INDEX),
     description="The base model and the document index, from all curated corpora.",
 )
 train_domain_models = dg.define_asset_job(
     "train_domain_models",
-    selection=dg.AssetSelection.assets(
-        ["finetune", "domain_checkpoint"],
-        ["lora", "multitask_adapter"],
-        ["quantize", "onnx_model"],
-        ["quantize", "int8_model"],
-    ),
+    selection=dg.AssetSelection.assets(DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, ONNX_MODEL, INT8_MODEL),
     description="Fine-tune, adapt, export and quantize one domain's model.",
 )
 deploy = dg.define_asset_job(
     "deploy",
-    selection=dg.AssetSelection.assets(["serving", "deployment"]),
+    selection=dg.AssetSelection.assets(DEPLOYMENT),
     description="Declare the serving state from the latest engines and index.",
 )
 refresh_realtime_adapter = dg.define_asset_job(
     "refresh_realtime_adapter",
-    selection=dg.AssetSelection.assets(["lora", "realtime_adapter"]),
+    selection=dg.AssetSelection.assets(REALTIME_ADAPTER),
     description="Train one hour's real-time adapter.",
 )
 

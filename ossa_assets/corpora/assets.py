@@ -14,12 +14,11 @@ import dagster as dg
 from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.config import CuratedCorpusConfig
 from ossa_assets.corpora.partitions import domain_partitions
+from ossa_assets.keys import CURATED_CORPUS
 from ossa_assets.lib import corpora as lib
 from ossa_assets.lib.artifacts import Artifact, publish_dir, staging_dir
 from resources.corpus import CorpusSources
 from resources.storage import ArtifactStore
-
-CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
 
 
 @artifact_asset(

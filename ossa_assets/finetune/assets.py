@@ -18,6 +18,7 @@ import dagster as dg
 from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
+from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT
 from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import finetune as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, sha256_json, staging_dir
@@ -25,10 +26,6 @@ from ossa_assets.lib.training import TrainSettings
 from resources import GPU_POOL, gpu_pod_tags
 from resources.mlflow import MlflowResource
 from resources.storage import ArtifactStore
-
-BASE_MODEL = dg.AssetKey(["finetune", "base_model"])
-DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])
-CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
 
 
 @artifact_asset(

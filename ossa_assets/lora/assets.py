@@ -21,6 +21,7 @@ import dagster as dg
 
 from ossa_assets.artifact_asset import StageResult, artifact_asset
 from ossa_assets.corpora.partitions import domain_partitions
+from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, REALTIME_ADAPTER
 from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import lora as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
@@ -31,12 +32,6 @@ from ossa_assets.lora.partitions import HOURLY_REFRESH, hourly_partitions
 from resources import GPU_POOL, gpu_pod_tags
 from resources.mlflow import MlflowResource
 from resources.storage import ArtifactStore
-
-MULTITASK_ADAPTER = dg.AssetKey(["lora", "multitask_adapter"])
-REALTIME_ADAPTER = dg.AssetKey(["lora", "realtime_adapter"])
-CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
-DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])
-BASE_MODEL = dg.AssetKey(["finetune", "base_model"])
 
 
 def _texts(corpora: dict[str, Artifact], split: str) -> dict[str, list[str]]:

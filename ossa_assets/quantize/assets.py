@@ -19,6 +19,7 @@ import dagster as dg
 
 from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
+from ossa_assets.keys import CURATED_CORPUS, DOMAIN_CHECKPOINT, INT8_MODEL, MULTITASK_ADAPTER, ONNX_MODEL
 from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import onnx_export as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
@@ -26,12 +27,6 @@ from ossa_assets.lib.onnx_runtime import top1_agreement
 from ossa_assets.quantize.config import QuantizeConfig
 from resources import GPU_POOL, gpu_pod_tags
 from resources.storage import ArtifactStore
-
-ONNX_MODEL = dg.AssetKey(["quantize", "onnx_model"])
-INT8_MODEL = dg.AssetKey(["quantize", "int8_model"])
-DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])
-MULTITASK_ADAPTER = dg.AssetKey(["lora", "multitask_adapter"])
-CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -15,14 +15,11 @@ import json
 import dagster as dg
 
 from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.keys import DEPLOYMENT, DOCUMENT_INDEX, INT8_MODEL
 from ossa_assets.lib.artifacts import Artifact, atomic_write_text, lineage_id_for, sha256_json
 from ossa_assets.serving.server import ROUTES
 from resources.qdrant import QdrantResource
 from resources.storage import ArtifactStore
-
-DEPLOYMENT = dg.AssetKey(["serving", "deployment"])
-INT8_MODEL = dg.AssetKey(["quantize", "int8_model"])
-DOCUMENT_INDEX = dg.AssetKey(["embeddings", "document_index"])
 
 
 def deployment_state_path(store: ArtifactStore):

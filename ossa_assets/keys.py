@@ -1,0 +1,13 @@
+"""Every asset key in one place: `[stage, artifact]` nouns, shared by the stages that read them."""
+
+import dagster as dg
+
+CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
+BASE_MODEL = dg.AssetKey(["finetune", "base_model"])
+DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])
+MULTITASK_ADAPTER = dg.AssetKey(["lora", "multitask_adapter"])
+REALTIME_ADAPTER = dg.AssetKey(["lora", "realtime_adapter"])
+DOCUMENT_INDEX = dg.AssetKey(["embeddings", "document_index"])
+ONNX_MODEL = dg.AssetKey(["quantize", "onnx_model"])
+INT8_MODEL = dg.AssetKey(["quantize", "int8_model"])
+DEPLOYMENT = dg.AssetKey(["serving", "deployment"])
