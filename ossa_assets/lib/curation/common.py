@@ -1,0 +1,298 @@
+"""What every domain curator shares: the outcome model, limits, and hardened parsers.
+
+A domain curator (`openapi.py`, `opcua.py`, `cicd.py`) turns one file of a source into a
+`FileOutcome`: a `ParsedDocument` (the whole document plus its training units), or a rejection
+with a machine-readable reason. Parsers here never fetch, never execute, and bound memory:
+YAML alias expansion, nesting depth and file size are capped before anything large is built.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import yaml
+
+
+class Rejected(Exception):
+    """A file that cannot be a training document, with a short reason code and a detail."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail[:300]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 50_000_000  # files above this are rejected from their size alone, never read
+    max_depth: int = 64  # nesting of YAML/JSON/XML structures
+    max_yaml_nodes: int = 2_000_000  # YAML nodes after alias expansion (billion-laughs guard)
+    max_units: int = 5_000  # units per document (a 13 MB NodeSet has ~10k nodes: keep the first)
+
+
+@dataclass
+class Unit:
+    """A training/embedding unit inside a document: an operation, a node, a job, a section."""
+
+    unit_type: str  # operation | node | job | section | ...
+    title: str  # summary / operationId, BrowseName, job name, heading: the "query" side of a pair
+    text: str  # the unit's own content (YAML/XML/prose)
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable, type-specific
+
+
+@dataclass
+class ParsedDocument:
+    format: str  # openapi | nodeset | prose | gitlab_ci | github_actions | azure_pipelines | ...
+    text: str  # the document as it is trained on (a multi-file spec: the bundled document)
+    units: list[Unit] = field(default_factory=list)
+    license: str | None = None  # as the document states it (SPDX id or name), else None
+    meta: dict[str, Any] = field(default_factory=dict)  # version, lint warnings, dependencies...
+
+
+@dataclass
+class FileOutcome:
+    relpath: str
+    status: str  # "document" | "rejected"
+    reason: str = ""
+    detail: str = ""
+    document: ParsedDocument | None = None
+
+    @classmethod
+    def rejected(cls, relpath: str, r: Rejected) -> "FileOutcome":
+        return cls(relpath, "rejected", r.reason, r.detail)
+
+
+class SourceContext:
+    """A curator's window on the rest of its source: reading other files, bounded to the root.
+
+    Every read is recorded, so the caller can cache a file's outcome under the hashes of the
+    files it depended on (a multi-file spec is re-curated when one of its fragments changes).
+    """
+
+    def __init__(self, files: Iterable[str], read: Callable[[str], bytes], limits: Limits):
+        self._files = set(files)
+        self._read = read
+        self.limits = limits
+        self.reads: set[str] = set()
+        self.used_index: set[str] = set()
+        self._indexes: dict[str, Any] = {}
+
+    def files(self) -> list[str]:
+        return sorted(self._files)
+
+    def resolve(self, base: str, ref: str) -> str:
+        """A relative reference from file `base`, normalised; refuses to leave the source root."""
+        if "://" in ref or ref.startswith("//"):
+            raise Rejected("remote_ref", f"{ref!r}: nothing is fetched from the network")
+        if ref.startswith("/"):
+            raise Rejected("ref_outside_root", f"{ref!r} is absolute")
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(base), ref))
+        if joined == ".." or joined.startswith("../"):
+            raise Rejected("ref_outside_root", f"{ref!r} from {base} leaves the source root")
+        return joined
+
+    def exists(self, relpath: str) -> bool:
+        return relpath in self._files
+
+    def read(self, relpath: str) -> bytes:
+        if relpath not in self._files:
+            raise Rejected("missing_ref", f"{relpath} is not in the source")
+        self.reads.add(relpath)
+        return self._read(relpath)
+
+    def index(self, name: str, build: Callable[["SourceContext"], Any]) -> Any:
+        """A source-wide index (e.g. NodeSet ModelUri -> file), built once per source; using it
+        makes the outcome depend on the whole source's file list."""
+        self.used_index.add(name)
+        if name not in self._indexes:
+            self._indexes[name] = build(self)
+        return self._indexes[name]
+
+
+# -- text ------------------------------------------------------------------------------------------
+
+
+def decode_text(raw: bytes, limits: Limits) -> str:
+    """UTF-8 text of a file, or Rejected(empty | too_large | binary | not_utf8)."""
+    if not raw.strip():
+        raise Rejected("empty")
+    if len(raw) > limits.max_bytes:
+        raise Rejected("too_large", f"{len(raw)} bytes > {limits.max_bytes}")
+    if b"\0" in raw[:8192]:
+        raise Rejected("binary", "NUL byte in the first 8 KiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Rejected("not_utf8", str(e)) from None
+    return text.replace("\r\n", "\n")
+
+
+_SPDX = re.compile(r"SPDX-License-Identifier:\s*([A-Za-z0-9.+\-() ]+?)\s*(?:\*/|-->|$)", re.M)
+
+
+def spdx_license(text: str) -> str | None:
+    """The SPDX identifier a file declares in its header, if any."""
+    m = _SPDX.search(text[:4096])
+    return m.group(1).strip() if m else None
+
+
+# -- YAML --------------------------------------------------------------------------------------------
+
+
+class _Composer(yaml.SafeLoader):
+    """SafeLoader that understands GitLab's `!reference [job, key]` (as a plain marker mapping)
+    and rejects everything else that is tagged (`!!python/object`, `!Ref`, ...)."""
+
+
+def _reference(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
+    return {"!reference": loader.construct_sequence(node, deep=True)}
+
+
+_Composer.add_constructor("!reference", _reference)
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes the document would have with every alias expanded, counted without expanding.
+
+    Aliases share node objects, so a memoised count over the DAG is linear in the file while
+    the expansion (what json.dumps or a walk would build) can be exponential.
+    """
+    memo: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        if id(n) in memo:
+            continue
+        if isinstance(n, yaml.ScalarNode):
+            memo[id(n)] = 1
+            continue
+        children = (
+            [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else list(n.value)
+        )
+        if done:
+            total = 1 + sum(memo[id(c)] for c in children)
+            memo[id(n)] = total
+            if total > limit:
+                raise Rejected("yaml_alias_bomb", f"more than {limit} nodes once aliases are expanded")
+            continue
+        stack.append((n, True))
+        stack.extend((c, False) for c in children if id(c) not in memo)
+    return memo[id(node)]
+
+
+def safe_yaml_load_all(text: str, limits: Limits) -> list[Any]:
+    """All documents of a YAML stream, safely: no arbitrary tags, bounded alias expansion and
+    depth. GitLab's `!reference` comes back as `{"!reference": [...]}`."""
+    docs: list[Any] = []
+    try:
+        loader = _Composer(text)
+        try:
+            while loader.check_node():
+                node = loader.get_node()
+                if node is None:
+                    continue
+                _check_yaml_depth(node, limits.max_depth)
+                _expanded_size(node, limits.max_yaml_nodes)
+                docs.append(loader.construct_document(node))
+        finally:
+            loader.dispose()
+    except Rejected:
+        raise
+    except yaml.constructor.ConstructorError as e:
+        raise Rejected("yaml_unsafe_tag", _first_line(e)) from None
+    except yaml.YAMLError as e:
+        raise Rejected("malformed_yaml", _first_line(e)) from None
+    except RecursionError:
+        raise Rejected("too_deep", "YAML nesting exceeds the parser's recursion limit") from None
+    return docs
+
+
+def safe_yaml_load(text: str, limits: Limits) -> Any:
+    docs = safe_yaml_load_all(text, limits)
+    if not docs:
+        raise Rejected("empty", "no YAML document")
+    return docs[0] if len(docs) == 1 else docs
+
+
+def _check_yaml_depth(node: yaml.Node, max_depth: int) -> None:
+    stack = [(node, 1)]
+    seen: set[int] = set()
+    while stack:
+        n, d = stack.pop()
+        if d > max_depth:
+            raise Rejected("too_deep", f"nesting deeper than {max_depth}")
+        if id(n) in seen or isinstance(n, yaml.ScalarNode):
+            continue
+        seen.add(id(n))
+        children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else n.value
+        stack.extend((c, d + 1) for c in children)
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+# -- JSON --------------------------------------------------------------------------------------------
+
+
+def safe_json_load(text: str, limits: Limits) -> Any:
+    import json
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise Rejected("malformed_json", str(e)) from None
+    except RecursionError:
+        raise Rejected("too_deep", "JSON nesting exceeds the parser's recursion limit") from None
+    check_depth(obj, limits.max_depth)
+    return obj
+
+
+def check_depth(obj: Any, max_depth: int) -> None:
+    """Iterative depth check of a parsed structure (a recursive walk could itself overflow)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > max_depth:
+            raise Rejected("too_deep", f"nesting deeper than {max_depth}")
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+
+
+# -- XML ---------------------------------------------------------------------------------------------
+
+
+def safe_xml_parse(raw: bytes, limits: Limits):
+    """An ElementTree root, parsed with defusedxml (no DTDs, entities or external references)
+    after a streaming pass that rejects over-deep documents before building the tree."""
+    import io
+
+    import defusedxml.ElementTree as ET
+    from defusedxml import DefusedXmlException
+
+    try:
+        depth = 0
+        for event, _ in ET.iterparse(io.BytesIO(raw), events=("start", "end"), forbid_dtd=True):
+            depth += 1 if event == "start" else -1
+            if depth > limits.max_depth:
+                raise Rejected("too_deep", f"XML nesting deeper than {limits.max_depth}")
+        return ET.fromstring(raw, forbid_dtd=True)
+    except DefusedXmlException as e:
+        raise Rejected("unsafe_xml", type(e).__name__) from None
+    except ET.ParseError as e:
+        raise Rejected("malformed_xml", str(e)) from None
+
+
+def local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def dump_yaml(obj: Any) -> str:
+    """Deterministic, readable YAML for units (keys in document order, unicode kept)."""
+    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
