@@ -35,30 +35,38 @@ DOMAIN_DIRS = {"api_spec": "openapi", "industrial_protocol": "opcua", "devops_wo
 
 def bare(corpus: Path, work: Path) -> dict[str, float]:
     """The graph's computations as plain function calls (the orchestration-free baseline)."""
-    from ossa_assets.configs import load_profile
-    from ossa_assets.corpora.config import CuratedCorpusConfig
+    from ossa_assets.corpora.config import CuratedCorpusConfig, SourceCurationConfig
     from ossa_assets.embeddings.config import DocumentIndexConfig
     from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
-    from ossa_assets.lib import corpora, embeddings, finetune, lora, onnx_export, onnx_runtime
+    from ossa_assets.lib import embeddings, finetune, lora, onnx_export, onnx_runtime
+    from ossa_assets.lib.curation import corpus as corpus_lib
+    from ossa_assets.lib.curation import pipeline
+    from ossa_assets.lib.curation.common import Limits
+    from ossa_assets.lib.curation.sources import SourceSpec, list_files
     from ossa_assets.lib.modeling import DOMAIN_TOKENS, load_tokenizer
     from ossa_assets.lib.training import TrainSettings, pack_blocks
     from ossa_assets.lora.config import AdapterConfig
     from ossa_assets.quantize.config import QuantizeConfig
 
-    load_profile.cache_clear()
     times: dict[str, float] = {}
     t = time.perf_counter()
-    cc = CuratedCorpusConfig()
+    cc, sc = CuratedCorpusConfig(), SourceCurationConfig()
+    settings = pipeline.CurationSettings(limits=Limits(max_bytes=sc.max_document_bytes), min_bytes=sc.min_bytes,
+                                         prose_languages=tuple(sc.prose_languages))
     curated = {}
     for domain, sub in DOMAIN_DIRS.items():
-        res = corpora.curate({sub: corpus / sub}, domain, max_bytes=cc.max_document_bytes, val_fraction=cc.validation_fraction)
+        spec = SourceSpec(name=sub, domain=domain, kind="local", path=str(corpus / sub))
+        src = pipeline.curate_source(spec, list_files(spec, work), _fresh(work / "cache" / sub), settings)
+        res = corpus_lib.assemble(domain, [src], validation_fraction=cc.validation_fraction,
+                                  test_fraction=cc.test_fraction, near_dup_threshold=cc.near_duplicate_threshold,
+                                  config={})
+        corpus_lib.save_corpus(res, _fresh(work / "corpus" / domain))
         curated[domain] = res
-        corpora.save_curated(res, _fresh(work / "corpus" / domain), {})
     times["curate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     bc = BaseModelConfig()
-    texts = [d.text for r in curated.values() for d in r.documents if d.split == "train"]
+    texts = [d.text for r in curated.values() for d in r.documents if r.splits[d.doc_id] == "train"]
     arch = {k: getattr(bc, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                         "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
     base_dir = _fresh(work / "base")
@@ -76,8 +84,8 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
     times["document_index"] = time.perf_counter() - t
 
     fc, ac, qc = FinetuneConfig(), AdapterConfig(), QuantizeConfig()
-    train = {d: [x.text for x in r.documents if x.split == "train"] for d, r in curated.items()}
-    val = {d: [x.text for x in r.documents if x.split == "validation"] for d, r in curated.items()}
+    train = {d: [x.text for x in r.documents if r.splits[x.doc_id] == "train"] for d, r in curated.items()}
+    val = {d: [x.text for x in r.documents if r.splits[x.doc_id] == "validation"] for d, r in curated.items()}
     for domain in DOMAIN_DIRS:
         t = time.perf_counter()
         ck = work / "ck" / domain

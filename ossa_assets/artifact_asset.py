@@ -26,6 +26,8 @@ from ossa_assets.lib.artifacts import Artifact, lineage_id_for
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 # Data versions are how the artifact's content hash reaches Dagster's staleness tracking.
 warnings.filterwarnings("ignore", message=".*data_version.*", category=dg.BetaWarning)
+# A domain's corpus depends on exactly its own (domain, source) partitions through this mapping.
+warnings.filterwarnings("ignore", message=".*MultiToSingleDimensionPartitionMapping.*", category=dg.BetaWarning)
 
 # Metadata keys the lineage recorder reads (see ossa_assets/lineage/recorder.py).
 MD_LINEAGE_ID = "ossa/lineage_id"

@@ -38,6 +38,10 @@ def _job(name: str):
     return defs.resolve_job_def(name)
 
 
+def curate_sources_job():
+    return _job("curate_sources")
+
+
 def curate_corpora_job():
     return _job("curate_corpora")
 
@@ -59,6 +63,7 @@ def refresh_realtime_adapter_job():
 
 
 _JOB_POINTERS = {
+    "curate_sources": curate_sources_job,
     "curate_corpora": curate_corpora_job,
     "build_foundations": build_foundations_job,
     "train_domain_models": train_domain_models_job,
@@ -99,14 +104,30 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _partition_keys(job_name: str, partitioned: bool) -> list[str | None]:
-    from ossa_assets.corpora.partitions import domain_partitions
-    from ossa_assets.lora.partitions import hourly_partitions
+def _partition_keys(instance, partitioned_by: str | None) -> list[str | None]:
+    import dagster as dg
 
-    if job_name == "refresh_realtime_adapter":
-        last = hourly_partitions.get_last_partition_key()
-        return [last]
-    return list(domain_partitions.get_partition_keys()) if partitioned else [None]
+    from ossa_assets.corpora.partitions import domain_partitions, source_partitions
+    from ossa_assets.lora.partitions import hourly_partitions
+    from resources import corpus_sources
+
+    if partitioned_by == "source":
+        specs = corpus_sources().specs()
+        sync_source_partitions(instance, [s.name for s in specs], source_partitions.name)
+        return [dg.MultiPartitionKey({"domain": s.domain, "source": s.name}) for s in specs]
+    if partitioned_by == "domain":
+        return list(domain_partitions.get_partition_keys())
+    if partitioned_by == "hour":
+        return [hourly_partitions.get_last_partition_key()]
+    return [None]
+
+
+def sync_source_partitions(instance, names: list[str], partitions_name: str) -> None:
+    """Register configured sources as dynamic partitions (new ones only; the sensor removes)."""
+    existing = set(instance.get_dynamic_partitions(partitions_name))
+    new = [n for n in names if n not in existing]
+    if new:
+        instance.add_dynamic_partitions(partitions_name, new)
 
 
 def materialize(only: list[str] | None = None, log=print, verbose: bool = False) -> MaterializeSummary:
@@ -124,14 +145,14 @@ def materialize(only: list[str] | None = None, log=print, verbose: bool = False)
     summary = MaterializeSummary()
     t0 = time.perf_counter()
     asset_graph = defs.resolve_asset_graph()
-    for job, partitioned in PIPELINE:
+    for job, partitioned_by in PIPELINE:
         if only and job.name not in only:
             continue
         job_def = defs.resolve_job_def(job.name)
         keys = [k for k in job_def.asset_layer.selected_asset_keys]
         check_keys = [c for c in asset_graph.asset_check_keys if c.asset_key in keys]
         job_failed = False
-        for partition in _partition_keys(job.name, partitioned):
+        for partition in _partition_keys(instance, partitioned_by):
             tags = {"dagster/partition": partition} if partition else {}
             label = f"{job.name}" + (f"[{partition}]" if partition else "")
             summary.planned_assets += len(keys)

@@ -8,6 +8,8 @@ import dagster as dg
 
 from ossa_assets.keys import (
     BASE_MODEL,
+    CURATED_CORPUS,
+    SOURCE_DOCUMENTS,
     DEPLOYMENT,
     DOCUMENT_INDEX,
     DOMAIN_CHECKPOINT,
@@ -17,10 +19,15 @@ from ossa_assets.keys import (
     REALTIME_ADAPTER,
 )
 
+curate_sources = dg.define_asset_job(
+    "curate_sources",
+    selection=dg.AssetSelection.assets(SOURCE_DOCUMENTS),
+    description="Curate one source (one run per (domain, source) partition; only changed files are re-curated).",
+)
 curate_corpora = dg.define_asset_job(
     "curate_corpora",
-    selection=dg.AssetSelection.groups("corpora"),
-    description="Curate one domain's corpus (one run per domain partition).",
+    selection=dg.AssetSelection.assets(CURATED_CORPUS),
+    description="Merge a domain's curated sources into its corpus (one run per domain partition).",
 )
 build_foundations = dg.define_asset_job(
     "build_foundations",
@@ -43,13 +50,14 @@ refresh_realtime_adapter = dg.define_asset_job(
     description="Train one hour's real-time adapter.",
 )
 
-# The main job's order: (job, partitioned by domain?)
+# The main job's order: (job, what its runs are partitioned by)
 PIPELINE = [
-    (curate_corpora, True),
-    (build_foundations, False),
-    (train_domain_models, True),
-    (deploy, False),
-    (refresh_realtime_adapter, False),
+    (curate_sources, "source"),
+    (curate_corpora, "domain"),
+    (build_foundations, None),
+    (train_domain_models, "domain"),
+    (deploy, None),
+    (refresh_realtime_adapter, "hour"),
 ]
 
 ALL_JOBS = [job for job, _ in PIPELINE]

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+SOURCE_DOCUMENTS = dg.AssetKey(["corpora", "source_documents"])
 CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
 BASE_MODEL = dg.AssetKey(["finetune", "base_model"])
 DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from resources.corpus import CorpusSources
+from resources.corpus import DEFAULT_SOURCES, CorpusSources
 from resources.graph import GraphStoreResource
 from resources.k8s import GPU_POOL, executor_for, gpu_pod_tags
 from resources.mlflow import MlflowResource
@@ -35,18 +35,18 @@ def data_root() -> Path:
     return Path(os.environ.get("OSSA_DATA_ROOT", ".ossa_data")).resolve()
 
 
-def corpus_root() -> Path:
-    """Where the raw corpora are: the shipped sample unless OSSA_CORPUS_ROOT says otherwise."""
-    configured = os.environ.get("OSSA_CORPUS_ROOT")
-    if configured:
-        return Path(configured).resolve()
-    return Path(__file__).resolve().parent.parent / "ossa_assets" / "corpora" / "sample"
+def corpus_sources() -> CorpusSources:
+    """The sources file (OSSA_SOURCES, default configs/sources.yaml) and OSSA_CORPUS_ROOT."""
+    return CorpusSources(
+        config_path=os.environ.get("OSSA_SOURCES", str(DEFAULT_SOURCES)),
+        corpus_root=os.environ.get("OSSA_CORPUS_ROOT"),
+    )
 
 
 def build_resources(env: str | None = None) -> dict[str, Any]:
     env = env or active_env()
     root = data_root()
-    corpus = CorpusSources(root=str(corpus_root()))
+    corpus = corpus_sources()
     if env == "local":
         return {
             "corpus": corpus,
@@ -81,7 +81,7 @@ def build_resources(env: str | None = None) -> dict[str, Any]:
 __all__ = [
     "GPU_POOL",
     "build_resources",
-    "corpus_root",
+    "corpus_sources",
     "data_root",
     "executor_for",
     "gpu_pod_tags",

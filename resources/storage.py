@@ -19,6 +19,11 @@ def _partition_dir(key: dg.AssetKey) -> str:
     return "/".join(key.path)
 
 
+def manifest_path(root: str | Path, key: dg.AssetKey, partition: str | None) -> Path:
+    """Where the IO manager keeps the latest Artifact of an asset (partition)."""
+    return Path(root) / "manifests" / _partition_dir(key) / f"{partition or '_'}.json"
+
+
 class ArtifactStore(dg.ConfigurableResource):
     """The data root: every artifact of every stage is written below it."""
 
@@ -32,6 +37,12 @@ class ArtifactStore(dg.ConfigurableResource):
     def path(self, *parts: str) -> Path:
         return Path(self.root).joinpath(*parts)
 
+    def load_manifest(self, key: dg.AssetKey, partition: str | None) -> Artifact | None:
+        """The latest Artifact of another asset (partition), for stages that choose which
+        upstream partitions they read (a domain reads its own sources' snapshots)."""
+        p = manifest_path(self.root, key, partition)
+        return Artifact.from_json(p.read_text()) if p.exists() else None
+
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
     """Stores each output `Artifact` as JSON; loads upstream artifacts per partition.
@@ -42,7 +53,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     root: str = Field(description="Same data root as ArtifactStore; manifests live below it.")
 
     def _manifest(self, key: dg.AssetKey, partition: str | None) -> Path:
-        return Path(self.root) / "manifests" / _partition_dir(key) / f"{partition or '_'}.json"
+        return manifest_path(self.root, key, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:

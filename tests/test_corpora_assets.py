@@ -1,13 +1,15 @@
-"""The corpora stage under Dagster: bad input is quarantined, the run succeeds, counts add up."""
+"""The corpora stage under Dagster: sources as dynamic partitions, bad input quarantined and
+counted, gates that block, the quality report, and the sources sensor."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import dagster as dg
 
-from tests.conftest import copy_sample, tiny_resources
+from tests.conftest import copy_sample, curate_all, tiny_resources
 
 BAD_FILES = {
     "openapi/broken/unclosed.yaml": ("openapi: 3.0.0\ninfo: {title: [x\n", "malformed_yaml"),
@@ -18,9 +20,12 @@ BAD_FILES = {
 }
 
 
-def test_bad_input_is_quarantined_and_counted(tmp_path, data_root):
-    from ossa_assets.corpora.assets import curated_corpus
+def _md(result, node: str) -> dict:
+    mat = result.asset_materializations_for_node(node)[0]
+    return {k: v.value for k, v in mat.metadata.items()}
 
+
+def test_bad_input_is_quarantined_and_counted(tmp_path, data_root):
     corpus = copy_sample(tmp_path / "corpus")
     for rel, (content, _) in BAD_FILES.items():
         p = corpus / rel
@@ -28,50 +33,80 @@ def test_bad_input_is_quarantined_and_counted(tmp_path, data_root):
         p.write_bytes(content if isinstance(content, bytes) else content.encode())
 
     instance = dg.DagsterInstance.ephemeral()
-    for domain, expected in (("api_spec", 4), ("industrial_protocol", 1)):
-        result = dg.materialize(
-            [curated_corpus],
-            partition_key=domain,
-            resources=tiny_resources(data_root, corpus),
-            instance=instance,
-        )
-        assert result.success
-        mat = result.asset_materializations_for_node("corpora__curated_corpus")[0]
-        md = {k: v.value for k, v in mat.metadata.items()}
-        assert md["invalid"] == expected
-        assert md["files_seen"] == md["documents"] + md["quarantined"]
-        art = result.output_for_node("corpora__curated_corpus")
-        quarantine = [json.loads(l) for l in (Path(art.path) / "quarantine.jsonl").read_text().splitlines()]
-        got = {q["path"]: q["reason"] for q in quarantine}
+    runs = curate_all(instance, tiny_resources(data_root, corpus), ("api_spec", "industrial_protocol"))
+    for domain, expected_invalid in (("api_spec", 4), ("industrial_protocol", 1)):
+        (src,), corp = runs[domain]
+        assert src.success and corp.success
+        smd = _md(src, "corpora__source_documents")
+        assert smd["files"] == smd["documents"] + smd["quarantined"] + smd["fragments"]
+        md = _md(corp, "corpora__curated_corpus")
+        assert md["invalid"] == expected_invalid
+        art = corp.output_for_node("corpora__curated_corpus")
+        with gzip.open(Path(art.path) / "quarantine.jsonl.gz", "rt") as f:
+            got = {q["path"]: q["reason"] for q in map(json.loads, f)}
         for rel, (_, reason) in BAD_FILES.items():
             top, _, inner = rel.partition("/")
             if (top == "openapi") == (domain == "api_spec"):
                 assert got[inner] == reason, (inner, got.get(inner))
-        assert all(q["reason"] for q in quarantine)
-        (check,) = result.get_asset_check_evaluations()
-        assert check.passed, check.description
-
-        # the curated dataset is a real datasets.DatasetDict with both splits
+        assert all(c.passed for c in corp.get_asset_check_evaluations())
         from datasets import load_from_disk
 
-        dd = load_from_disk(str(Path(art.path) / "dataset"))
-        assert set(dd) == {"train", "validation"}
-        assert len(dd["train"]) + len(dd["validation"]) == md["documents"]
+        docs = load_from_disk(str(Path(art.path) / "documents"))
+        units = load_from_disk(str(Path(art.path) / "units"))
+        assert set(docs) == set(units) == {"train", "validation", "test"}
+        assert sum(len(docs[s]) for s in docs) == md["documents"]
+        assert sum(len(units[s]) for s in units) > md["documents"]  # operations / nodes
+        report = json.loads((Path(art.path) / "report.json").read_text())
+        assert report["reasons"] == md["quarantine_reasons"]
+        assert (Path(art.path) / "size_histogram.svg").read_text().startswith("<svg")
+        # lineage: the corpus derives from its own domain's source snapshot only
+        assert art.derived_from == [f"corpora/source_documents[{src.output_for_node('corpora__source_documents').partition}]"
+                                    f"@{src.output_for_node('corpora__source_documents').data_version[:16]}"]
 
 
-def test_check_blocks_when_too_few_documents(tmp_path, data_root):
-    from ossa_assets.corpora.assets import curated_corpus
-
+def test_gates_block_a_corpus_that_is_too_small(tmp_path, data_root):
     corpus = tmp_path / "corpus"
     (corpus / "cicd").mkdir(parents=True)
-    (corpus / "cicd" / ".gitlab-ci.yml").write_text("build:\n  script: [make]\n")
-    result = dg.materialize(
-        [curated_corpus],
-        partition_key="devops_workflow",
-        resources=tiny_resources(data_root, corpus),
-        raise_on_error=False,
-    )
-    # the blocking check fails the step: nothing downstream may train on this corpus
-    assert not result.success
-    (check,) = result.get_asset_check_evaluations()
-    assert not check.passed and "curated" in check.description
+    (corpus / "cicd" / ".gitlab-ci.yml").write_text("stages: [build]\nbuild:\n  stage: build\n  script: [make]\n")
+    runs = curate_all(dg.DagsterInstance.ephemeral(), tiny_resources(data_root, corpus), ("devops_workflow",))
+    (src,), corp = runs["devops_workflow"]
+    assert src.success
+    assert not corp.success  # a blocking check failed: nothing downstream may train on this
+    checks = {c.check_name: c for c in corp.get_asset_check_evaluations()}
+    assert not checks["enough_valid_documents"].passed
+
+
+def test_a_backfill_can_recurate_one_source_alone(tmp_path, data_root):
+    """Re-materializing one (domain, source) partition re-curates only the files that changed."""
+    from ossa_assets.corpora.assets import source_documents
+
+    corpus = copy_sample(tmp_path / "corpus")
+    instance = dg.DagsterInstance.ephemeral()
+    resources = tiny_resources(data_root, corpus)
+    curate_all(instance, resources, ("devops_workflow",))
+    wf = next((corpus / "cicd" / "github").rglob("*.yml"))
+    wf.write_text(wf.read_text() + "\n# touched\n")
+    key = dg.MultiPartitionKey({"domain": "devops_workflow", "source": "cicd"})
+    again = dg.materialize([source_documents], partition_key=key, resources=resources, instance=instance)
+    md = _md(again, "corpora__source_documents")
+    assert md["curated_now"] == 1 and md["from_cache"] == md["files"] - 1
+
+
+def test_sources_sensor_registers_partitions_and_requests_runs(tmp_path, data_root):
+    from sensors.corpus_sources import corpus_sources_sensor
+
+    corpus = copy_sample(tmp_path / "corpus")
+    resources = tiny_resources(data_root, corpus)
+    instance = dg.DagsterInstance.ephemeral()
+    ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"corpus": resources["corpus"]})
+    result = corpus_sources_sensor(ctx)
+    (add,) = result.dynamic_partitions_requests
+    assert sorted(add.partition_keys) == ["cicd", "opcua", "openapi"]
+    keys = sorted(str(r.partition_key) for r in result.run_requests)
+    assert keys == ["api_spec|openapi", "devops_workflow|cicd", "industrial_protocol|opcua"]
+    cursor = ctx.cursor
+    assert cursor
+    instance.add_dynamic_partitions("corpus_source", list(add.partition_keys))
+    again = corpus_sources_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                          resources={"corpus": resources["corpus"]}))
+    assert isinstance(again, dg.SkipReason)

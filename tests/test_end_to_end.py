@@ -100,7 +100,7 @@ def test_whole_graph_materializes(pipeline):
     out = pipeline.proc.stdout + pipeline.proc.stderr
     assert pipeline.proc.returncode == 0, out[-6000:]
     last = pipeline.proc.stdout.strip().splitlines()[-1]
-    assert last == "materialized 19/19 assets, checks 10/10 passed", out[-3000:]
+    assert last == "materialized 22/22 assets, checks 16/16 passed", out[-3000:]
 
 
 def test_fine_tuning_lowered_validation_loss(in_env):
@@ -148,7 +148,8 @@ def test_adapter_loads_with_peft(in_env):
 def test_qdrant_search_finds_a_document(in_env):
     import dagster as dg
 
-    from ossa_assets.lib import corpora, embeddings
+    from ossa_assets.lib import embeddings
+    from ossa_assets.lib.curation import corpus as corpora
 
     instance = dg.DagsterInstance.get()
     md = _md(_latest(instance, ["embeddings", "document_index"]))
@@ -297,6 +298,7 @@ CHAIN = {
     "finetune/domain_checkpoint[api_spec]",
     "finetune/base_model",
     "corpora/curated_corpus[api_spec]",
+    "corpora/source_documents[api_spec|openapi]",
 }
 
 
@@ -367,7 +369,7 @@ def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server
     embedded = build_resources()["graph"].open()
     try:
         stats = recorder.rebuild(dg.DagsterInstance.get(), bolt, ASSET_KEYS)
-        assert stats.materializations == 19 and stats.skipped_edges == 0
+        assert stats.materializations == 22 and stats.skipped_edges == 0
         assert _upstream_assets(bolt) == _upstream_assets(embedded)
         # replaying again adds nothing (idempotent)
         before = bolt.counts()
@@ -392,7 +394,7 @@ def test_lineage_sensor_records_and_advances_its_cursor(in_env, tmp_path):
     try:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"graph": graph})
         first = sensor(ctx)
-        assert "recorded 19 materializations" in first.skip_message
+        assert "recorded 22 materializations" in first.skip_message
         cursor = int(ctx.cursor)
         assert cursor > 0
         store = graph.open()

@@ -45,7 +45,7 @@ def pg_database():
 
 
 def test_prod_instance_config_stores_runs_in_postgres(tmp_path, data_root, pg_database, monkeypatch):
-    from ossa_assets.corpora.assets import curated_corpus
+    from ossa_assets.corpora.assets import source_documents
 
     prod = yaml.safe_load((ROOT / "deploy" / "dagster.prod.yaml").read_text())
     home = tmp_path / "prod_home"
@@ -57,13 +57,15 @@ def test_prod_instance_config_stores_runs_in_postgres(tmp_path, data_root, pg_da
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        instance.add_dynamic_partitions("corpus_source", ["openapi"])  # dynamic partitions in Postgres too
+        key = dg.MultiPartitionKey({"domain": "api_spec", "source": "openapi"})
         result = dg.materialize(
-            [curated_corpus], partition_key="api_spec", instance=instance,
+            [source_documents], partition_key=key, instance=instance,
             resources=tiny_resources(data_root, copy_sample(tmp_path / "corpus")),
         )
         assert result.success
-        rec = instance.fetch_materializations(dg.AssetKey(["corpora", "curated_corpus"]), limit=1).records[0]
-        assert rec.asset_materialization.partition == "api_spec"
+        rec = instance.fetch_materializations(dg.AssetKey(["corpora", "source_documents"]), limit=1).records[0]
+        assert rec.asset_materialization.partition == "api_spec|openapi"
         assert rec.asset_materialization.metadata["documents"].value > 10
     finally:
         instance.dispose()

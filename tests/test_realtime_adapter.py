@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from tests.conftest import copy_sample, tiny_resources
+from tests.conftest import copy_sample, curate_all, tiny_resources
 
 HOUR = "2026-11-20-10:00"
 NEXT = "2026-11-20-11:00"
@@ -40,8 +40,8 @@ def test_realtime_adapter_chain(tmp_path, data_root):
 
     resources = tiny_resources(data_root, corpus)
     instance = dg.DagsterInstance.ephemeral()
-    for domain in ("api_spec", "industrial_protocol", "devops_workflow"):
-        assert dg.materialize([curated_corpus], partition_key=domain, resources=resources, instance=instance).success
+    for srcs, corp in curate_all(instance, resources).values():
+        assert corp.success and all(r.success for r in srcs)
     assert dg.materialize([base_model, curated_corpus.to_source_asset()], resources=resources, instance=instance,
                           selection=[base_model]).success
 

@@ -16,9 +16,9 @@ import dagster as dg
 from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.embeddings.config import DocumentIndexConfig
 from ossa_assets.keys import CURATED_CORPUS, DOCUMENT_INDEX
-from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import embeddings as lib
 from ossa_assets.lib.artifacts import Artifact, sha256_json
+from ossa_assets.lib.curation import corpus as corpora_lib
 from resources.qdrant import QdrantResource
 
 

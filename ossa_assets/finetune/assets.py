@@ -19,9 +19,9 @@ from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
 from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT
-from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import finetune as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, sha256_json, staging_dir
+from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.training import TrainSettings
 from resources import GPU_POOL, gpu_pod_tags
 from resources.mlflow import MlflowResource

@@ -22,9 +22,9 @@ import dagster as dg
 from ossa_assets.artifact_asset import StageResult, artifact_asset
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, REALTIME_ADAPTER
-from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import lora as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
+from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.finetune import load_base
 from ossa_assets.lib.training import TrainSettings
 from ossa_assets.lora.config import AdapterConfig, RealtimeAdapterConfig

@@ -20,9 +20,9 @@ import dagster as dg
 from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.keys import CURATED_CORPUS, DOMAIN_CHECKPOINT, INT8_MODEL, MULTITASK_ADAPTER, ONNX_MODEL
-from ossa_assets.lib import corpora as corpora_lib
 from ossa_assets.lib import onnx_export as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
+from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.onnx_runtime import top1_agreement
 from ossa_assets.quantize.config import QuantizeConfig
 from resources import GPU_POOL, gpu_pod_tags

@@ -83,8 +83,9 @@ def curate_prose(relpath: str, text: str, max_units: int = 5_000) -> ParsedDocum
             units.append(
                 Unit("section", title, chunk, {"heading_level": level, "part": k, "headings": list(trail)})
             )
-            if len(units) >= max_units:
-                break
+        if len(units) >= max_units:
+            units = units[:max_units]
+            break
     return ParsedDocument(
         format="prose",
         text=text,
