@@ -153,7 +153,7 @@ def spdx_license(text: str) -> str | None:
 # -- YAML --------------------------------------------------------------------------------------------
 
 
-class _Composer(yaml.SafeLoader):
+class _Composer(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser: ~4x faster
     """SafeLoader that understands GitLab's `!reference [job, key]` (as a plain marker mapping)
     and rejects everything else that is tagged (`!!python/object`, `!Ref`, ...)."""
 
@@ -169,9 +169,11 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
     """Nodes the document would have with every alias expanded, counted without expanding.
 
     Aliases share node objects, so a memoised count over the DAG is linear in the file while
-    the expansion (what json.dumps or a walk would build) can be exponential.
+    the expansion (what json.dumps or a walk would build) can be exponential. A node that
+    contains itself (`a: &x [*x]`) would expand forever: rejected too.
     """
     memo: dict[int, int] = {}
+    open_: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(node, False)]
     while stack:
         n, done = stack.pop()
@@ -184,13 +186,21 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
             [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else list(n.value)
         )
         if done:
+            open_.discard(id(n))
             total = 1 + sum(memo[id(c)] for c in children)
             memo[id(n)] = total
             if total > limit:
                 raise Rejected("yaml_alias_bomb", f"more than {limit} nodes once aliases are expanded")
             continue
+        if id(n) in open_:
+            raise Rejected("yaml_alias_bomb", "recursive alias: a node contains itself")
+        open_.add(id(n))
         stack.append((n, True))
-        stack.extend((c, False) for c in children if id(c) not in memo)
+        for c in children:
+            if id(c) in open_:
+                raise Rejected("yaml_alias_bomb", "recursive alias: a node contains itself")
+            if id(c) not in memo:
+                stack.append((c, False))
     return memo[id(node)]
 
 

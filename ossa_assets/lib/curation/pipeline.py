@@ -45,7 +45,7 @@ INVALID_REASONS = frozenset({
     "malformed_json", "malformed_xml", "unsafe_xml", "yaml_alias_bomb", "yaml_unsafe_tag",
     "curator_error", "invalid_openapi", "unresolvable_ref", "remote_ref", "ref_outside_root",
     "bundle_too_large", "unsupported_openapi_version", "invalid_gitlab_ci", "invalid_github_actions",
-    "invalid_pipeline", "invalid_nodeset",
+    "invalid_pipeline", "invalid_nodeset", "ref_cycle", "validator_error",
 })
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
