@@ -223,7 +223,10 @@ def safe_yaml_load_all(text: str, limits: Limits) -> list[Any]:
     except Rejected:
         raise
     except yaml.constructor.ConstructorError as e:
-        raise Rejected("yaml_unsafe_tag", _first_line(e)) from None
+        # only an unknown tag is "unsafe"; other constructor errors (unhashable keys such as
+        # `{{ placeholder }}` templates) are plain malformed YAML
+        reason = "yaml_unsafe_tag" if "constructor for the tag" in str(e) else "malformed_yaml"
+        raise Rejected(reason, _first_line(e)) from None
     except yaml.YAMLError as e:
         raise Rejected("malformed_yaml", _first_line(e)) from None
     except RecursionError:
@@ -314,9 +317,19 @@ def local_name(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter: ~5x faster on big units
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter: ~5x faster
+    """Multi-line strings (CI scripts, descriptions) as `|` blocks, the way people write them."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value and not any(c in value for c in "\t\r") and value == value.rstrip(" "):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def dump_yaml(obj: Any) -> str:
     """Deterministic, readable YAML for units (keys in document order, unicode kept)."""
-    return yaml.dump(obj, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
