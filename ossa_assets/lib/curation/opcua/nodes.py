@@ -1,51 +1,15 @@
-"""OPC UA curation: UANodeSet XML as node units, protocol docs as prose sections.
-
-`curate_file(relpath, raw, ctx)` never raises. Reason codes of a rejection:
-  unsupported_format  a suffix that is neither NodeSet XML nor prose (.c .h .out .xsd .json .bsd ...)
-  empty | too_large | binary | not_utf8            from `decode_text`
-  unsafe_xml          a DTD (entities, external subsets: billion laughs, XXE) in a file that claims
-                      to be a UANodeSet; nothing is expanded or fetched
-  too_deep | malformed_xml                         from `safe_xml_parse` (10k-deep nesting, truncation)
-  invalid_nodeset     a UANodeSet without a single node element
-  not_nodeset         other XML: a different root element (DocBook man pages, ModelDesign files), a
-                      UANodeSet outside the 2011/03 namespace, or a DOCTYPE in a file whose head has
-                      no UANodeSet element (decided by a scan, so that DTD is never parsed)
-
-Dependencies: each RequiredModel is resolved against the source-wide index "nodeset_models"
-(ModelUri -> the files declaring it, built from every .xml's <Models> head). Missing models are
-recorded in meta, never a rejection; http://opcfoundation.org/UA/ counts as present (`builtin`)
-when no file provides it, since every OPC UA server has it built in.
-  too_short           prose with fewer than five words (from `prose.curate_prose`)
-  curator_error       an unexpected exception; the detail is the exception type
-
-Unit text is a YAML summary of the node, not the node's XML re-serialised: ElementTree writes
-`ns0:` prefixes and drops comments, raw XML spends most tokens on markup, and the summary carries
-what the XML only implies: aliases resolved (`i=37` -> HasModellingRule), targets named from the
-file itself (`ns=1;i=6001 (FlowRate)`) or a table of core nodes, the namespace URI of the node. The
-document text stays the NodeSet XML as is, so the raw syntax is still trained on.
-"""
+"""A UANodeSet's nodes as units: the head scan, <Models>, and each node rendered as a YAML summary
+(aliases resolved, targets named, LocalizedText picked, Value payloads bounded)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from ossa_assets.lib.curation import prose
-from ossa_assets.lib.curation.common import (
-    FileOutcome,
-    ParsedDocument,
-    Rejected,
-    SourceContext,
-    Unit,
-    decode_text,
-    local_name,
-    safe_xml_parse,
-    spdx_license,
-)
+from ossa_assets.lib.curation.common import Unit, local_name
 
 NS = "http://opcfoundation.org/UA/2011/03/UANodeSet.xsd"
 BASE_MODEL = "http://opcfoundation.org/UA/"
-INDEX = "nodeset_models"
 NODE_CLASSES = {
     "UAObjectType": "ObjectType", "UAVariableType": "VariableType", "UADataType": "DataType",
     "UAReferenceType": "ReferenceType", "UAObject": "Object", "UAVariable": "Variable",
@@ -85,75 +49,7 @@ CORE_NAMES = dict(
         (17604, "HasAddIn"),
     ]
 )
-# "OPC Foundation MIT License 1.00" (UA-Nodeset's per-file header; VDMA's files say "MIT License 1.00")
-_MIT_HEADER = re.compile(r"((?:OPC Foundation )?MIT License)\s+(\d+\.\d+)")
-_MODELS_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?Models\s*>")
-_UANODESET_TAG = re.compile(rb"<(?:[\w.-]+:)?UANodeSet[\s/>]")
 _NAME = re.compile(rb"\s*([A-Za-z_][\w.:-]*)")
-
-
-def curate_file(relpath: str, raw: bytes, ctx: SourceContext) -> FileOutcome:
-    """One file of an OPC UA source as a document (NodeSet or prose) or a reasoned rejection."""
-    try:
-        suffix = "." + relpath.rsplit(".", 1)[-1].lower() if "." in relpath.rsplit("/", 1)[-1] else ""
-        if suffix == ".xml":
-            return FileOutcome(relpath, "document", document=_nodeset(relpath, raw, ctx))
-        if suffix in prose.PROSE_SUFFIXES:
-            doc = prose.curate_prose(relpath, decode_text(raw, ctx.limits), ctx.limits.max_units)
-            doc.units = doc.units[: ctx.limits.max_units]
-            return FileOutcome(relpath, "document", document=doc)
-        raise Rejected("unsupported_format", f"{suffix or 'no suffix'}: not NodeSet XML or prose")
-    except Rejected as r:
-        return FileOutcome.rejected(relpath, r)
-    except Exception as e:  # the contract: never raise, say what broke
-        return FileOutcome.rejected(relpath, Rejected("curator_error", type(e).__name__))
-
-
-# -- the NodeSet ---------------------------------------------------------------------------------
-
-
-def _nodeset(relpath: str, raw: bytes, ctx: SourceContext) -> ParsedDocument:
-    text = decode_text(raw, ctx.limits)
-    doctype, _ = _prolog(raw)
-    if doctype is not None and doctype.split(":")[-1] != "UANodeSet" and not _UANODESET_TAG.search(raw, 0, 65_536):
-        # DocBook man pages declare entities too: not hostile, just not NodeSets (and their DTD
-        # is never parsed). A DTD in front of a UANodeSet element goes on to be unsafe_xml.
-        raise Rejected("not_nodeset", f"DOCTYPE {doctype}: not a UANodeSet (DTD not parsed)")
-    root = safe_xml_parse(raw, ctx.limits)
-    if root.tag != f"{{{NS}}}UANodeSet":
-        raise Rejected("not_nodeset", f"root element {root.tag[:120]} is not {{{NS}}}UANodeSet")
-    ns = _NodeSet(root)
-    if not ns.nodes:
-        raise Rejected("invalid_nodeset", "a UANodeSet without a single node")
-    units: list[Unit] = []
-    skipped = truncated = 0
-    for el in ns.nodes:
-        if len(units) >= ctx.limits.max_units:
-            break
-        unit = ns.unit(el)
-        if unit is None:
-            skipped += 1
-            continue
-        truncated += bool(unit.meta.get("truncated"))
-        units.append(unit)
-    meta: dict[str, Any] = {
-        "last_modified": root.get("LastModified"),
-        "namespace_uris": ns.namespace_uris,
-        "aliases": len(ns.aliases),
-        "nodes_total": len(ns.nodes),
-        "node_classes": ns.class_counts(),
-        "units": len(units),
-        "units_capped": len(units) + skipped < len(ns.nodes),
-        "units_skipped_untitled": skipped,
-        "units_text_truncated": truncated,
-        **_dependencies(relpath, ns.models, ctx),
-    }
-    license_ = spdx_license(text)
-    m = _MIT_HEADER.search(text[: max(text.find("UANodeSet"), 0)][:16_000])  # the header, not a Description
-    if license_ is None and m:
-        license_ = f"{m.group(1)} {m.group(2)}"
-        meta["license_spdx"] = "MIT"  # both headers carry the MIT licence text verbatim
-    return ParsedDocument("nodeset", text, units, license_, meta)
 
 
 def _prolog(raw: bytes) -> tuple[str | None, str | None]:
@@ -374,113 +270,3 @@ def _value(el) -> Any:
         return out or None
 
     return conv(el)
-
-
-# -- dependencies --------------------------------------------------------------------------------
-
-
-def _dependencies(relpath: str, models: list[dict[str, Any]], ctx: SourceContext) -> dict[str, Any]:
-    """RequiredModels resolved against the other NodeSets of the source.
-
-    Everything used here comes from the index (ModelUri, Version and RequiredModels of every
-    file), so the index digest is the whole dependency: no ctx.read of the resolved files, which
-    would re-curate this file when a dependency's nodes change and its model does not.
-    """
-    index = ctx.index(INDEX, _build_index)
-    own = {m["model_uri"] for m in models}
-    required: list[dict[str, Any]] = []
-    for m in models:
-        required += [r for r in m["required"] if r["model_uri"] not in {q["model_uri"] for q in required}]
-    resolved: dict[str, str] = {}
-    missing, builtin, warnings = [], [], []
-    for r in required:
-        uri = r["model_uri"]
-        if uri in own:
-            continue
-        provider = _pick(index["providers"].get(uri, []), r.get("version"), relpath)
-        if provider is None:
-            (builtin if uri == BASE_MODEL else missing).append(uri)
-            continue
-        resolved[uri] = provider[0]
-        if r.get("version") and provider[1] and _ver(provider[1]) < _ver(r["version"]):
-            warnings.append(f"{uri} required at {r['version']}, {provider[0]} has {provider[1]}")
-    # transitive closure over the index: a dependency whose own dependencies are missing leaves
-    # this model unloadable as well
-    seen, queue, missing_transitive = {relpath}, list(resolved.values()), []
-    while queue:
-        path = queue.pop(0)
-        if path in seen:
-            continue
-        seen.add(path)
-        for uri in index["requires"].get(path, []):
-            provider = _pick(index["providers"].get(uri, []), None, path)
-            if provider:
-                queue.append(provider[0])
-            elif uri != BASE_MODEL and uri not in missing + missing_transitive:
-                missing_transitive.append(uri)
-    first = models[0] if models else {}
-    if not models:
-        warnings.append("no Models element: dependencies unknown")
-    return {
-        "model_uri": first.get("model_uri"), "version": first.get("version"),
-        "publication_date": first.get("publication_date"),
-        "models": [{k: m[k] for k in ("model_uri", "version", "publication_date")} for m in models],
-        "required_models": required, "resolved": resolved, "missing": missing,
-        "missing_transitive": missing_transitive, "builtin": builtin,
-        "closed": not missing and not missing_transitive,
-        "dependency_note": f"{BASE_MODEL} is built into every OPC UA server: counted as present "
-                           "when no file of the source provides it (listed under builtin)",
-        "warnings": warnings,
-    }
-
-
-def _pick(providers: list[list[str]], version: str | None, relpath: str) -> list[str] | None:
-    """The provider of a model: same version first, then the one nearest in the tree, then path."""
-    others = [p for p in providers if p[0] != relpath]
-    if not others:
-        return None
-
-    def near(p: list[str]) -> int:
-        a, b = p[0].split("/"), relpath.split("/")
-        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-    return min(others, key=lambda p: (bool(version) and p[1] != version, -near(p), p[0]))
-
-
-def _ver(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:4])
-
-
-def _build_index(ctx: SourceContext) -> dict[str, Any]:
-    """{"providers": {ModelUri: [[relpath, version, date], ...]}, "requires": {relpath: [uri]}}
-    from the <Models> head of each .xml file: parsed up to </Models> with the root closed after
-    it, so a 13 MB NodeSet costs a regex search, not a tree. ctx.index keeps these reads out of
-    the file's dependencies: the index digest stands for them."""
-    providers: dict[str, list[list[str]]] = {}
-    requires: dict[str, list[str]] = {}
-    for rel in ctx.files():
-        if not rel.lower().endswith(".xml"):
-            continue
-        try:
-            models = _head_models(ctx.read(rel), ctx)
-        except (Rejected, OSError):
-            continue  # not a NodeSet, hostile, or unreadable: it provides nothing
-        for m in models:
-            providers.setdefault(m["model_uri"], []).append([rel, m["version"] or "", m["publication_date"] or ""])
-        own = {m["model_uri"] for m in models}
-        requires[rel] = sorted({r["model_uri"] for m in models for r in m["required"]} - own)
-    return {"providers": {k: sorted(v) for k, v in sorted(providers.items())}, "requires": requires}
-
-
-def _head_models(raw: bytes, ctx: SourceContext) -> list[dict[str, Any]]:
-    if len(raw) > ctx.limits.max_bytes:
-        return []
-    end = _MODELS_END.search(raw)
-    doctype, root_name = _prolog(raw)
-    if end is None or doctype is not None or root_name is None or root_name.split(":")[-1] != "UANodeSet":
-        return []
-    try:
-        root = safe_xml_parse(raw[: end.end()] + b"</" + root_name.encode() + b">", ctx.limits)
-    except Rejected:
-        root = safe_xml_parse(raw, ctx.limits)  # "</Models>" inside a comment: parse it all
-    return _models(root) if root.tag == f"{{{NS}}}UANodeSet" else []
