@@ -1,6 +1,6 @@
 """What every domain curator shares: the outcome model, limits, and hardened parsers.
 
-A domain curator (`openapi.py`, `opcua.py`, `cicd.py`) turns one file of a source into a
+A domain curator (the `openapi`, `opcua` and `cicd` packages) turns one file of a source into a
 `FileOutcome`: a `ParsedDocument` (the whole document plus its training units), or a rejection
 with a machine-readable reason. Parsers here never fetch, never execute, and bound memory:
 YAML alias expansion, nesting depth and file size are capped before anything large is built.

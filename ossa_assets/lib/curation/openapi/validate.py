@@ -3,6 +3,7 @@ specification text that its bundled JSON Schemas miss."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -117,12 +118,21 @@ def _validator_class(kind: str) -> type:
     return cls
 
 
+def _error_key(err: Any) -> tuple:
+    path = [str(p) for p in (getattr(err, "path", ()) or ())]
+    return (len(path), path, str(getattr(err, "message", err)))
+
+
 def _validate(doc: dict, kind: str) -> None:
     from referencing.exceptions import Unresolvable
 
     cls = _validator_class(kind)
     try:
-        err = next(iter(cls(doc).iter_errors()), None)
+        # The validator walks sets, so which error comes first varies between processes; report
+        # the same one every time: the shallowest, then by path and message (bounded: invalid
+        # specs rarely have many errors, and a huge invalid one need not be walked to the end).
+        errors = list(itertools.islice(cls(doc).iter_errors(), 200))
+        err = min(errors, key=_error_key, default=None)
     except Unresolvable as e:
         cause: BaseException | None = e
         for _ in range(10):  # the refusal sits a few links down the exception chain
