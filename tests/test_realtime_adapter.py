@@ -54,8 +54,17 @@ def test_realtime_adapter_chain(tmp_path, data_root):
         mat = res.asset_materializations_for_node("lora__realtime_adapter")[0]
         return res.output_for_node("lora__realtime_adapter"), {k: v.value for k, v in mat.metadata.items()}
 
+    # the hour's documents as curated: held-out test documents are never trained on
+    from ossa_assets.lib.curation.corpus import load_split_texts
+
+    corpus_dir = resources["store"].load_manifest(dg.AssetKey(["corpora", "curated_corpus"]), "devops_workflow").path
+    start = dt.datetime(2026, 11, 20, 10, tzinfo=dt.timezone.utc).timestamp()
+    expected = sum(1 for split in ("train", "validation") for r in load_split_texts(corpus_dir, split)
+                   if start <= r["mtime"] < start + 3600)
+    assert 0 < expected <= arrived
+
     first, md1 = run(HOUR)
-    assert md1["outcome"] == "trained" and md1["new_documents"] == arrived
+    assert md1["outcome"] == "trained" and md1["new_documents"] == expected
     assert md1["warm_started_from"] == "cold start"
     assert (Path(first.path) / "adapter_model.safetensors").is_file()
 

@@ -3,7 +3,6 @@ specification text that its bundled JSON Schemas miss."""
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Any
 
@@ -118,6 +117,23 @@ def _validator_class(kind: str) -> type:
     return cls
 
 
+def _first_errors(it: Any, limit: int) -> list[Any]:
+    """Up to `limit` errors; if the library itself fails while walking on after some were
+    found, the ones found stand (the first error alone is enough to reject)."""
+    found: list[Any] = []
+    for _ in range(limit):
+        try:
+            e = next(it)
+        except StopIteration:
+            break
+        except Exception:
+            if found:
+                break
+            raise
+        found.append(e)
+    return found
+
+
 def _error_key(err: Any) -> tuple:
     path = [str(p) for p in (getattr(err, "path", ()) or ())]
     return (len(path), path, str(getattr(err, "message", err)))
@@ -131,7 +147,7 @@ def _validate(doc: dict, kind: str) -> None:
         # The validator walks sets, so which error comes first varies between processes; report
         # the same one every time: the shallowest, then by path and message (bounded: invalid
         # specs rarely have many errors, and a huge invalid one need not be walked to the end).
-        errors = list(itertools.islice(cls(doc).iter_errors(), 200))
+        errors = _first_errors(cls(doc).iter_errors(), 200)
         err = min(errors, key=_error_key, default=None)
     except Unresolvable as e:
         cause: BaseException | None = e
