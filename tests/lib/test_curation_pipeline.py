@@ -223,3 +223,18 @@ def test_split_is_deterministic_and_stable():
     assert splits == {i: corpus.split_for(i, 0.1, 0.05) for i in ids}
     share = {s: sum(v == s for v in splits.values()) / len(ids) for s in corpus.SPLITS}
     assert 0.03 < share["test"] < 0.07 and 0.07 < share["validation"] < 0.13
+
+
+def test_an_empty_split_still_loads(tmp_path):
+    """datasets writes an empty split as zero shards unless told otherwise; it must load back."""
+    root = tmp_path / "src"
+    (root / "p" / ".github" / "workflows").mkdir(parents=True)
+    (root / "p" / ".github" / "workflows" / "ci.yml").write_text(
+        "on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n      - run: make test\n")
+    result = _curate(_local("one", "devops_workflow", root), tmp_path)
+    merged = corpus.assemble("devops_workflow", [result], validation_fraction=0.1, test_fraction=0.05,
+                             near_dup_threshold=0.85, config={})
+    corpus.save_corpus(merged, tmp_path / "out")
+    rows = {s: corpus.load_split_texts(tmp_path / "out", s) for s in corpus.SPLITS}
+    assert sum(len(r) for r in rows.values()) == 1 and sum(not r for r in rows.values()) == 2
+    assert sum(len(corpus.load_units(tmp_path / "out", s)) for s in corpus.SPLITS) == 1

@@ -256,8 +256,11 @@ def save_corpus(result: CorpusResult, out_dir: Path) -> None:
             for s, r in rows.items()
         })
 
-    to_dd(docs, doc_features).save_to_disk(str(out_dir / "documents"))
-    to_dd(units, unit_features).save_to_disk(str(out_dir / "units"))
+    # one shard per split at least: datasets saves an empty split as zero shards, which
+    # load_from_disk then cannot read back
+    one_shard = {s: 1 for s in SPLITS}
+    to_dd(docs, doc_features).save_to_disk(str(out_dir / "documents"), num_shards=one_shard)
+    to_dd(units, unit_features).save_to_disk(str(out_dir / "units"), num_shards=one_shard)
     with gzip.open(out_dir / "quarantine.jsonl.gz", "wt", encoding="utf-8") as f:
         for q in sorted(result.quarantined, key=lambda q: (q.source, q.path)):
             f.write(json.dumps(asdict(q), sort_keys=True) + "\n")
