@@ -238,3 +238,11 @@ def test_an_empty_split_still_loads(tmp_path):
     rows = {s: corpus.load_split_texts(tmp_path / "out", s) for s in corpus.SPLITS}
     assert sum(len(r) for r in rows.values()) == 1 and sum(not r for r in rows.values()) == 2
     assert sum(len(corpus.load_units(tmp_path / "out", s)) for s in corpus.SPLITS) == 1
+
+
+def test_prose_language_heuristic():
+    en = "The server publishes the data set to the broker when the writer group is enabled. " * 5
+    de = "Der Server veröffentlicht die Daten und die Gruppe ist nicht aktiv mit den Werten. " * 5
+    zh = "服务器将数据集发布到代理，当写入组启用时。这是一个测试文档，用于检查语言。" * 5
+    code = ".. code-block:: c\n\n    UA_EventFilter filter;\n    UA_EventFilter_init(&filter);\n" * 8
+    assert [pipeline.prose_language(t) for t in (en, de, zh, code, "too short")] == ["en", "other", "other", "code", "und"]

@@ -25,7 +25,7 @@ from ossa_assets.lib.curation.sources import SourceFile, SourceSpec
 
 # Bump when any rule that changes outcomes changes (parsers, curators, scrubbing, filters): it is
 # part of every cache key and every corpus data version.
-CURATION_CODE_VERSION = "3"
+CURATION_CODE_VERSION = "4"
 
 CURATORS = {
     "api_spec": "ossa_assets.lib.curation.openapi:curate_file",
@@ -113,13 +113,29 @@ def count_tokens(text: str) -> int:
     return sum(1 for _ in _TOKEN.finditer(text))
 
 
+_OTHER_STOPWORDS = frozenset(
+    "der die das und ist nicht mit den von zu le la les des est une pour dans que el los las del por "
+    "una para con il di che non per gli della em os uma não".split()
+)
+
+
 def prose_language(text: str) -> str:
-    words = re.findall(r"[^\W\d_]+", text[:20_000].lower())
+    """en | other (another natural language) | code (listings with little prose) | und.
+
+    A stopword heuristic, not a model: enough to keep English prose, drop prose in other
+    languages, and not mistake a code-only page for a foreign language.
+    """
+    sample = text[:20_000]
+    words = re.findall(r"[^\W\d_]+", sample.lower())
     if len(words) < 20:
         return "und"
     if sum(w in _EN_STOPWORDS for w in words) / len(words) >= 0.08:
         return "en"
-    return "other"
+    letters = [c for c in sample if c.isalpha()]
+    non_ascii = sum(not c.isascii() for c in letters) / max(len(letters), 1)
+    if non_ascii >= 0.2 or sum(w in _OTHER_STOPWORDS for w in words) / len(words) >= 0.08:
+        return "other"
+    return "code"
 
 
 def _load(ref: str) -> Callable[..., Any]:
@@ -216,8 +232,9 @@ def _finish(spec: SourceSpec, sf: SourceFile, outcome: FileOutcome, doc_id: str,
     language = "n/a"
     if doc.format == "prose":
         language = prose_language(text)
-        # "und" (too little text to tell) is kept: only prose clearly in another language goes
-        if settings.prose_languages and language not in (*settings.prose_languages, "und"):
+        # "und" (too little text to tell) and "code" (listings) are kept: only prose clearly in
+        # another natural language goes
+        if settings.prose_languages and language not in (*settings.prose_languages, "und", "code"):
             return {"status": "rejected", "reason": "language", "detail": f"prose language {language}"}
     units = [
         {"unit_type": u.unit_type, "title": scrub(u.title, counts), "text": scrub(u.text, counts),
