@@ -15,6 +15,7 @@ GPU_POOL = "gpu"
 # server that has imported them once per run, instead of paying ~20 s of imports per step.
 PRELOAD_MODULES = [
     "ossa_assets.definitions",
+    "resources.warm",
     "torch",
     "transformers",
     "peft",
