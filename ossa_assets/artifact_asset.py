@@ -35,6 +35,7 @@ MD_KIND = "ossa/kind"
 MD_DERIVED_FROM = "ossa/derived_from"
 MD_ARTIFACT_META = "ossa/meta"
 MD_PATH = "ossa/path"
+FAILED_GATES = "failed_gates"  # artifact meta: names of the blocking checks it failed
 
 
 @dataclass
@@ -66,6 +67,16 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any):
             context = next(a for a in args if isinstance(a, dg.AssetExecutionContext))
+            inputs = _input_artifacts([*args, *kwargs.values()])
+            # A blocking check stops downstream steps of its own run; an artifact that failed
+            # its gates must not feed a later run either (a UI launch, a backfill, a sensor).
+            blocked = [f"{a.lineage_id} failed {', '.join(a.meta[FAILED_GATES])}"
+                       for a in inputs if a.meta.get(FAILED_GATES)]
+            if blocked:
+                raise dg.Failure(
+                    description="inputs failed their blocking checks: " + "; ".join(blocked)
+                    + " (fix the input, re-materialize it, then this asset)"
+                )
             result = fn(*args, **kwargs)
             if isinstance(result, Artifact):
                 result = StageResult(result)
@@ -73,8 +84,10 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
             art.kind = art.kind or kind
             art.asset_key = context.asset_key.to_user_string()
             art.partition = context.partition_key if context.has_partition_key else None
-            upstream = {a.lineage_id for a in _input_artifacts([*args, *kwargs.values()])}
-            art.derived_from = sorted(set(art.derived_from) | upstream)
+            art.derived_from = sorted(set(art.derived_from) | {a.lineage_id for a in inputs})
+            failed = sorted(c.check_name for c in result.checks if not c.passed)
+            if failed:
+                art.meta[FAILED_GATES] = failed
             art.lineage_id = lineage_id_for(art.kind, art.asset_key, art.partition, art.data_version)
             metadata = {
                 MD_LINEAGE_ID: art.lineage_id,

@@ -64,16 +64,33 @@ def test_bad_input_is_quarantined_and_counted(tmp_path, data_root):
                                     f"@{src.output_for_node('corpora__source_documents').data_version[:16]}"]
 
 
-def test_gates_block_a_corpus_that_is_too_small(tmp_path, data_root):
-    corpus = tmp_path / "corpus"
-    (corpus / "cicd").mkdir(parents=True)
+def test_gates_block_a_corpus_and_everything_downstream(tmp_path, data_root):
+    from ossa_assets.corpora.assets import curated_corpus
+    from ossa_assets.finetune.assets import base_model
+
+    corpus = copy_sample(tmp_path / "corpus")
+    import shutil
+
+    shutil.rmtree(corpus / "cicd")
+    (corpus / "cicd").mkdir()
     (corpus / "cicd" / ".gitlab-ci.yml").write_text("stages: [build]\nbuild:\n  stage: build\n  script: [make]\n")
-    runs = curate_all(dg.DagsterInstance.ephemeral(), tiny_resources(data_root, corpus), ("devops_workflow",))
+    instance = dg.DagsterInstance.ephemeral()
+    resources = tiny_resources(data_root, corpus)
+    runs = curate_all(instance, resources)
     (src,), corp = runs["devops_workflow"]
     assert src.success
-    assert not corp.success  # a blocking check failed: nothing downstream may train on this
+    assert not corp.success  # a blocking check failed: nothing downstream in this run
     checks = {c.check_name: c for c in corp.get_asset_check_evaluations()}
     assert not checks["enough_valid_documents"].passed
+    assert runs["api_spec"][1].success and runs["industrial_protocol"][1].success
+
+    # ... nor in a later run: the base model refuses a corpus that failed its gates
+    later = dg.materialize([base_model, curated_corpus.to_source_asset()], selection=[base_model],
+                           resources=resources, instance=instance, raise_on_error=False)
+    assert not later.success
+    failure = next(e for e in later.all_events if e.is_step_failure)
+    message = failure.event_specific_data.error.message
+    assert "failed their blocking checks" in message and "enough_valid_documents" in message
 
 
 def test_a_backfill_can_recurate_one_source_alone(tmp_path, data_root):
@@ -110,3 +127,29 @@ def test_sources_sensor_registers_partitions_and_requests_runs(tmp_path, data_ro
     again = corpus_sources_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
                                                           resources={"corpus": resources["corpus"]}))
     assert isinstance(again, dg.SkipReason)
+
+
+def test_secrets_stay_out_of_artifacts_and_the_event_log(tmp_path, data_root):
+    """A CI file with credentials (and a broken one that echoes them in its parse error)."""
+    key, password = "AKIAZ7Q3EXAMPLE4KEY9", "Tr0ub4dor&3-horse"
+    corpus = copy_sample(tmp_path / "corpus")
+    ci = next((corpus / "cicd" / "gitlab").rglob(".gitlab-ci.yml"))
+    ci.write_text(ci.read_text() + f"\nvariables:\n  AWS_ACCESS_KEY_ID: {key}\n  DB_PASSWORD: \"{password}\"\n")
+    (corpus / "cicd" / "leaky").mkdir()
+    (corpus / "cicd" / "leaky" / ".gitlab-ci.yml").write_text(f"deploy:\n  script: [\"echo {key}\"\n")
+    instance = dg.DagsterInstance.ephemeral()
+    runs = curate_all(instance, tiny_resources(data_root, corpus), ("devops_workflow",))
+    (src,), corp = runs["devops_workflow"]
+    assert src.success and corp.success
+    md = _md(corp, "corpora__curated_corpus")
+    assert md["secrets_redacted"].get("aws_access_key_id", 0) >= 1
+    for run in (src, corp):
+        for record in instance.all_logs(run.run_id):
+            text = json.dumps(record.to_json() if hasattr(record, "to_json") else str(record))
+            assert key not in text and password not in text
+    for p in data_root.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.suffix == ".gz":
+                data = gzip.decompress(data)
+            assert key.encode() not in data and password.encode() not in data, p
