@@ -18,6 +18,7 @@ from resources import active_env, build_resources, executor_for
 from sensors.automation import automation_sensor
 from sensors.corpus_sources import corpus_sources_sensor
 from sensors.lineage import build_lineage_sensor
+from sensors.new_documents import new_documents_sensor
 
 _modules = [
     corpora_assets,
@@ -33,7 +34,8 @@ ASSET_KEYS = sorted({k for a in all_assets for k in a.keys}, key=lambda k: k.to_
 defs = dg.Definitions(
     assets=all_assets,
     jobs=jobs.ALL_JOBS,
-    sensors=[build_lineage_sensor(ASSET_KEYS), automation_sensor, corpus_sources_sensor],
+    sensors=[build_lineage_sensor(ASSET_KEYS), automation_sensor, corpus_sources_sensor,
+             new_documents_sensor],
     resources=build_resources(),
     executor=executor_for(active_env()),
 )

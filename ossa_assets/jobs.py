@@ -13,6 +13,7 @@ from ossa_assets.keys import (
     DEPLOYMENT,
     DOCUMENT_INDEX,
     DOMAIN_CHECKPOINT,
+    TOKENIZED_CORPUS,
     INT8_MODEL,
     MULTITASK_ADAPTER,
     ONNX_MODEL,
@@ -36,8 +37,10 @@ build_foundations = dg.define_asset_job(
 )
 train_domain_models = dg.define_asset_job(
     "train_domain_models",
-    selection=dg.AssetSelection.assets(DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, ONNX_MODEL, INT8_MODEL),
-    description="Fine-tune, adapt, export and quantize one domain's model.",
+    selection=dg.AssetSelection.assets(
+        TOKENIZED_CORPUS, DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, ONNX_MODEL, INT8_MODEL
+    ),
+    description="Tokenize, fine-tune, adapt, export and quantize one domain's model.",
 )
 deploy = dg.define_asset_job(
     "deploy",

@@ -5,6 +5,7 @@ import dagster as dg
 SOURCE_DOCUMENTS = dg.AssetKey(["corpora", "source_documents"])
 CURATED_CORPUS = dg.AssetKey(["corpora", "curated_corpus"])
 BASE_MODEL = dg.AssetKey(["finetune", "base_model"])
+TOKENIZED_CORPUS = dg.AssetKey(["finetune", "tokenized_corpus"])
 DOMAIN_CHECKPOINT = dg.AssetKey(["finetune", "domain_checkpoint"])
 MULTITASK_ADAPTER = dg.AssetKey(["lora", "multitask_adapter"])
 REALTIME_ADAPTER = dg.AssetKey(["lora", "realtime_adapter"])

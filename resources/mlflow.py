@@ -139,3 +139,11 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def registry_alias_version(client, name: str, alias: str):
+    """The model version behind `alias`, or None (no such model or alias yet)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST: nothing holds the alias
+        return None

@@ -12,15 +12,18 @@ Inputs: every domain's curated corpus. Outputs:
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import dagster as dg
 
 from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
-from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
-from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT
+from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig, TokenizeConfig
+from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT, TOKENIZED_CORPUS
 from ossa_assets.lib import finetune as lib
-from ossa_assets.lib.artifacts import Artifact, publish_versioned, sha256_json, staging_dir
+from ossa_assets.lib import train_job
+from ossa_assets.lib.artifacts import Artifact, publish_dir, publish_versioned, sha256_json, staging_dir
+from ossa_assets.lib.train_job import TrainJobSpec
 from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.training import TrainSettings
 from resources import GPU_POOL, gpu_pod_tags
@@ -76,10 +79,101 @@ def base_model(
     )
 
 
+TOKENIZE_CODE_VERSION = "1"  # bump when packing changes: part of the cache key
+
+
+@artifact_asset(
+    kind="Dataset",
+    key=TOKENIZED_CORPUS,
+    ins={"base": dg.AssetIn(BASE_MODEL), "corpus": dg.AssetIn(CURATED_CORPUS)},
+    partitions_def=domain_partitions,
+    group_name="finetune",
+    kinds={"huggingface"},
+    owners=["team:ml"],
+)
+def tokenized_corpus(
+    context: dg.AssetExecutionContext,
+    config: TokenizeConfig,  # type: ignore[valid-type]
+    store: ArtifactStore,
+    base: Artifact,
+    corpus: Artifact,
+) -> StageResult:
+    """A domain's curated train/validation text as packed token blocks (Arrow), cached by inputs."""
+    domain = context.partition_key
+    key = sha256_json({"base": base.data_version, "corpus": corpus.data_version,
+                       "config": config.model_dump(), "code": TOKENIZE_CODE_VERSION})
+    parent = store.dir_for(context.asset_key, domain)
+    final = parent / key[:16]
+    cached = final.exists()
+    if not cached:
+        with staging_dir(parent) as tmp:
+            lib.tokenize_corpus(
+                base.path,
+                {split: [r["text"] for r in corpora_lib.load_split_texts(corpus.path, split)]
+                 for split in lib.TOKENIZED_SPLITS},
+                domain,
+                tmp,
+                seq_len=config.seq_len,
+                max_eval_blocks=config.max_eval_blocks,
+            )
+            publish_dir(tmp, final)
+    info = json.loads((final / "ossa_tokenized.json").read_text())
+    from datasets import load_from_disk
+
+    sizes = {split: len(ds) for split, ds in load_from_disk(str(final)).items()}
+    return StageResult(
+        Artifact(kind="Dataset", path=str(final), data_version=key,
+                 meta={"domain": domain, "seq_len": info["seq_len"], "blocks": sizes}),
+        metadata={
+            "train_blocks": sizes["train"],
+            "validation_blocks": sizes["validation"],
+            "seq_len": info["seq_len"],
+            "train_tokens": sizes["train"] * info["seq_len"],
+            "from_cache": cached,
+        },
+    )
+
+
+def _checks(config, report: dict, validity) -> list[dg.AssetCheckResult]:
+    before, after = report["initial_val"]["val_loss"], report["final_val"]["val_loss"]
+    acc = report["final_val"]["val_token_accuracy"]
+    return [
+        dg.AssetCheckResult(
+            check_name="val_loss_below_untrained", passed=after < before,
+            description=f"validation loss {after:.4f} vs untrained {before:.4f}",
+            metadata={"val_loss": after, "untrained_val_loss": before},
+        ),
+        dg.AssetCheckResult(
+            check_name="val_loss_threshold", passed=after <= config.max_val_loss,
+            description=f"validation loss {after:.4f}, threshold {config.max_val_loss}",
+            metadata={"val_loss": after, "max_val_loss": config.max_val_loss},
+        ),
+        dg.AssetCheckResult(
+            check_name="token_accuracy_threshold", passed=acc >= config.min_token_accuracy,
+            description=f"next-token accuracy {acc:.4f}, threshold {config.min_token_accuracy}",
+            metadata={"val_token_accuracy": acc, "min_token_accuracy": config.min_token_accuracy},
+        ),
+        dg.AssetCheckResult(
+            check_name="format_validity_threshold", passed=validity.rate >= config.min_format_validity,
+            description=f"{validity.rate:.3f} of {validity.samples} sampled documents valid, "
+            f"threshold {config.min_format_validity}",
+            metadata={"format_validity": validity.rate, "reasons": dg.JsonMetadataValue(validity.reasons)},
+        ),
+    ]
+
+
+CHECKPOINT_CHECKS = [
+    ("val_loss_below_untrained", "Fine-tuning must lower validation loss below the untrained model's."),
+    ("val_loss_threshold", "Validation loss at most `max_val_loss` (config)."),
+    ("token_accuracy_threshold", "Next-token accuracy on held-out documents at least `min_token_accuracy`."),
+    ("format_validity_threshold", "Share of sampled generations the domain's curator accepts."),
+]
+
+
 @artifact_asset(
     kind="Checkpoint",
     key=DOMAIN_CHECKPOINT,
-    ins={"base": dg.AssetIn(BASE_MODEL), "corpus": dg.AssetIn(CURATED_CORPUS)},
+    ins={"base": dg.AssetIn(BASE_MODEL), "tokenized": dg.AssetIn(TOKENIZED_CORPUS)},
     partitions_def=domain_partitions,
     group_name="finetune",
     kinds={"pytorch", "mlflow"},
@@ -87,13 +181,7 @@ def base_model(
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=8, cpu="32", memory="400Gi"),
     backfill_policy=dg.BackfillPolicy.multi_run(1),
-    check_specs=[
-        gate(
-            "val_loss_below_untrained",
-            DOMAIN_CHECKPOINT,
-            "Fine-tuning must lower validation loss below the untrained model's.",
-        )
-    ],
+    check_specs=[gate(name, DOMAIN_CHECKPOINT, why) for name, why in CHECKPOINT_CHECKS],
 )
 def domain_checkpoint(
     context: dg.AssetExecutionContext,
@@ -101,54 +189,75 @@ def domain_checkpoint(
     store: ArtifactStore,
     mlflow: MlflowResource,
     base: Artifact,
-    corpus: Artifact,
+    tokenized: Artifact,
 ) -> StageResult:
-    """A per-domain fine-tuned causal LM (safetensors + tokenizer), registered in MLflow."""
+    """A per-domain fine-tuned causal LM (safetensors + tokenizer), evaluated and registered in MLflow.
+
+    Training checkpoints go to a work directory keyed by the inputs and config: a killed step
+    leaves them there and the next materialization resumes from the newest complete one.
+    """
     domain = context.partition_key
-    train_texts = [r["text"] for r in corpora_lib.load_split_texts(corpus.path, "train")]
-    val_texts = [r["text"] for r in corpora_lib.load_split_texts(corpus.path, "validation")]
     settings = TrainSettings.from_config(config)
     params = {**config.model_dump(), "domain": domain, "base_version": base.data_version,
-              "data_version": corpus.data_version}
+              "tokenized_version": tokenized.data_version, "seq_len": tokenized.meta.get("seq_len")}
+    attempt_key = sha256_json(params)[:16]
+    work = store.path("work", *DOMAIN_CHECKPOINT.path, domain, attempt_key)
+    work.mkdir(parents=True, exist_ok=True)
     parent = store.dir_for(context.asset_key, domain)
     with mlflow.start_run(context, run_name=f"finetune-{domain}") as run:
         run.log_params(params)
         with staging_dir(parent) as tmp:
-            report = lib.finetune_domain(
-                base.path,
-                train_texts,
-                val_texts,
-                domain,
-                tmp / "model",
-                seq_len=config.seq_len,
-                settings=settings,
-                max_eval_blocks=config.max_eval_blocks,
-                work_dir=tmp / "trainer",
-                log_metrics=run.log_metrics,
+            spec = TrainJobSpec(
+                base_dir=base.path, tokenized_dir=tokenized.path, domain=domain,
+                out_dir=str(tmp / "model"), work_dir=str(tmp / "trainer"),
+                checkpoint_dir=str(work / "checkpoints"), report_path=str(tmp / "report.json"),
+                settings=settings.to_dict(),
             )
-            (tmp / "model" / "ossa_train_report.json").write_text(
-                json.dumps({**report.__dict__, "params": params}, indent=2, default=str)
-            )
+            if config.nproc_per_node > 1:
+                context.log.info(f"launching torchrun with {config.nproc_per_node} processes")
+                report = train_job.launch(spec, tmp / "spec.json", config.nproc_per_node, work / "torchrun.log")
+                for step, loss in enumerate(report["step_losses"], start=report["resumed_from_step"] + 1):
+                    run.log_metrics({"train_loss": loss}, step)
+            else:
+                report = asdict(train_job.run(spec, log_metrics=run.log_metrics))
+            if report["resumed_from_step"]:
+                context.log.info(f"resumed from the checkpoint at step {report['resumed_from_step']}")
             model_dir = tmp / "model"
-            # the report holds timings: keep it out of the content hash so identical weights
-            # get the identical version
-            final, version = publish_versioned(model_dir, parent, exclude=("ossa_train_report.json",))
-        run.log_metrics(report.initial_val, step=0)  # the final values were logged at the last step
+            from ossa_assets.lib import modeling
+            from ossa_assets.lib.evaluation import format_validity, loss_curve_svg
+
+            model = modeling.load_causal_lm(model_dir).to(modeling.best_device())
+            validity = format_validity(
+                model, modeling.load_tokenizer(model_dir), domain,
+                samples=config.generation_samples, max_new_tokens=config.max_new_tokens, seed=config.seed,
+            )
+            del model
+            (model_dir / "ossa_train_report.json").write_text(json.dumps(
+                {**report, "format_validity": asdict(validity), "params": params}, indent=2, default=str))
+            (model_dir / "ossa_loss_curve.svg").write_text(loss_curve_svg(
+                report["step_losses"], f"{domain} fine-tune: train loss per step"))
+            # report and picture hold timings: keep them out of the content hash so identical
+            # weights get the identical version
+            final, version = publish_versioned(
+                model_dir, parent, exclude=("ossa_train_report.json", "ossa_loss_curve.svg"))
+        run.log_metrics(report["initial_val"], step=0)  # the final values were logged at the last step
+        run.log_metrics({"format_validity": validity.rate}, step=settings.max_steps)
         run.log_artifact(final / "config.json", "checkpoint")
         run.log_artifact(final / "ossa_train_report.json", "checkpoint")
+        run.log_artifact(final / "ossa_loss_curve.svg", "checkpoint")
         model_version = run.register(
             f"ossa-{domain}-checkpoint",
             source=str(final),
             tags={"dagster_run_id": context.run.run_id, "data_version": version,
-                  "corpus_version": corpus.data_version},
+                  "corpus_version": tokenized.data_version},
         )
-    before, after = report.initial_val["val_loss"], report.final_val["val_loss"]
-    check = dg.AssetCheckResult(
-        check_name="val_loss_below_untrained",
-        passed=after < before,
-        description=f"validation loss {after:.4f} vs untrained {before:.4f}",
-        metadata={"val_loss": after, "untrained_val_loss": before},
-    )
+    import shutil
+
+    # published: the resume state has served its purpose
+    shutil.rmtree(work, ignore_errors=True)
+    checks = _checks(config, report, validity)
+    final_val = report["final_val"]
+    size = sum(f.stat().st_size for f in final.iterdir() if f.is_file())
     return StageResult(
         Artifact(
             kind="Checkpoint",
@@ -159,20 +268,27 @@ def domain_checkpoint(
                 "mlflow_run_id": run.run_id,
                 "registered_model": f"ossa-{domain}-checkpoint",
                 "model_version": model_version,
-                "config_hash": sha256_json(params)[:16],
+                "config_hash": attempt_key,
             },
         ),
         metadata={
-            "val_loss": dg.FloatMetadataValue(round(after, 4)),
-            "untrained_val_loss": dg.FloatMetadataValue(round(before, 4)),
-            "val_perplexity": dg.FloatMetadataValue(round(report.final_val["val_perplexity"], 2)),
-            "val_token_accuracy": dg.FloatMetadataValue(round(report.final_val["val_token_accuracy"], 4)),
-            "train_blocks": report.train_blocks,
+            "val_loss": dg.FloatMetadataValue(round(final_val["val_loss"], 4)),
+            "untrained_val_loss": dg.FloatMetadataValue(round(report["initial_val"]["val_loss"], 4)),
+            "val_perplexity": dg.FloatMetadataValue(round(final_val["val_perplexity"], 2)),
+            "val_token_accuracy": dg.FloatMetadataValue(round(final_val["val_token_accuracy"], 4)),
+            "format_validity": dg.FloatMetadataValue(round(validity.rate, 4)),
+            "format_validity_reasons": dg.JsonMetadataValue(validity.reasons),
+            "train_blocks": report["train_blocks"],
             "steps": settings.max_steps,
-            "train_seconds": dg.FloatMetadataValue(round(report.train_seconds, 2)),
-            "tokens_per_second": dg.FloatMetadataValue(round(report.tokens_per_second, 1)),
-            "parameters": report.parameters,
+            "resumed_from_step": report["resumed_from_step"],
+            "processes": report["world_size"],
+            "train_seconds": dg.FloatMetadataValue(round(report["train_seconds"], 2)),
+            "tokens_per_second": dg.FloatMetadataValue(round(report["tokens_per_second"], 1)),
+            "peak_memory_mb": dg.FloatMetadataValue(round(report["peak_memory_bytes"] / 2**20, 1)),
+            "model_bytes": size,
+            "parameters": report["parameters"],
+            "loss_curve": dg.MetadataValue.path(str(final / "ossa_loss_curve.svg")),
             "registered_model": f"ossa-{domain}-checkpoint v{model_version}",
         },
-        checks=[check],
+        checks=checks,
     )

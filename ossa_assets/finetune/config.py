@@ -40,11 +40,26 @@ class BaseModelConfigBase(dg.Config):
         return self
 
 
-class FinetuneConfigBase(dg.Config):
-    """Per-domain causal-LM fine-tuning (full weights)."""
+class TokenizeConfigBase(dg.Config):
+    """How a domain's curated text becomes token blocks (a cached step of its own)."""
 
     seq_len: int = Field(default=2048, description="Tokens per packed training block.")
-    batch_size: int = Field(default=4, description="Blocks per device per step.")
+    max_eval_blocks: int = Field(default=200, description="Validation blocks kept for evaluation.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.seq_len < 8 or self.max_eval_blocks < 1:
+            raise ValueError("seq_len must be >= 8 and max_eval_blocks >= 1")
+        return self
+
+
+class FinetuneConfigBase(dg.Config):
+    """Per-domain causal-LM fine-tuning (full weights), its evaluation and its blocking thresholds.
+
+    The defaults are production's (llama-2-13b on one 8-GPU node); tiny.yaml shrinks them.
+    """
+
+    batch_size: int = Field(default=4, description="Blocks per device (per process) per step.")
     grad_accum: int = Field(default=8, description="Gradient accumulation steps.")
     learning_rate: float = Field(default=2e-5, description="Peak learning rate (cosine decay).")
     max_steps: int = Field(default=1000, description="Optimizer steps.")
@@ -52,19 +67,43 @@ class FinetuneConfigBase(dg.Config):
         default="bf16", description="Training precision; bf16/fp16 apply on CUDA only."
     )
     gradient_checkpointing: bool = Field(
-        default=True, description="Trade compute for memory (needed for 13B on one GPU)."
+        default=True, description="Trade compute for memory (needed for 13B)."
     )
-    max_eval_blocks: int = Field(default=200, description="Validation blocks evaluated.")
+    save_steps: int = Field(
+        default=100, description="Checkpoint every N steps; a killed run resumes from the newest."
+    )
+    nproc_per_node: int = Field(
+        default=8, description="Training processes (GPUs); above 1 the step runs torchrun."
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        default="fsdp", description="How processes share the model: DDP replicas or FSDP shards."
+    )
     seed: int = Field(default=0, description="Data order and dropout seed.")
+    # evaluation and the blocking thresholds (the seed's production targets)
+    max_val_loss: float = Field(default=1.5, description="Blocking: validation loss at most this.")
+    min_token_accuracy: float = Field(
+        default=0.95, description="Blocking: next-token accuracy on held-out documents (the seed's > 95 %)."
+    )
+    generation_samples: int = Field(default=32, description="Generations sampled for format validity.")
+    max_new_tokens: int = Field(default=512, description="Tokens per sampled generation.")
+    min_format_validity: float = Field(
+        default=0.8, description="Blocking: share of generations the domain's curator accepts."
+    )
 
     @model_validator(mode="after")
     def _check(self):
-        if min(self.seq_len, self.batch_size, self.grad_accum, self.max_steps) < 1:
-            raise ValueError("seq_len, batch_size, grad_accum and max_steps must be >= 1")
+        if min(self.batch_size, self.grad_accum, self.max_steps, self.nproc_per_node) < 1:
+            raise ValueError("batch_size, grad_accum, max_steps and nproc_per_node must be >= 1")
+        if self.save_steps < 0:
+            raise ValueError("save_steps must be >= 0 (0: no intermediate checkpoints)")
         if not 0 < self.learning_rate < 1:
             raise ValueError("learning_rate must be in (0, 1)")
+        for name in ("min_token_accuracy", "min_format_validity"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
         return self
 
 
 BaseModelConfig = profiled(BaseModelConfigBase, "base_model")
 FinetuneConfig = profiled(FinetuneConfigBase, "domain_checkpoint")
+TokenizeConfig = profiled(TokenizeConfigBase, "tokenized_corpus")

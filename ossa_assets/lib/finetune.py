@@ -83,6 +83,49 @@ def load_base(base_dir: str | Path, dtype: str = "float32"):
     return model, tokenizer
 
 
+TOKENIZED_SPLITS = ("train", "validation")
+
+
+def tokenize_corpus(
+    base_dir: str | Path,
+    texts_by_split: dict[str, list[str]],
+    domain: str,
+    out_dir: Path,
+    *,
+    seq_len: int,
+    max_eval_blocks: int,
+) -> dict[str, int]:
+    """Pack a domain's splits into `seq_len` token blocks with the base tokenizer; save as Arrow.
+
+    Its own step so that every training run (and every resumed attempt, and every rank under
+    torchrun) reads the same blocks instead of re-tokenizing.
+    """
+    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+
+    tokenizer = modeling.load_tokenizer(base_dir)
+    token = modeling.DOMAIN_TOKENS[domain]
+    features = Features({"input_ids": Sequence(Value("int32"))})
+    splits = {}
+    for split in TOKENIZED_SPLITS:
+        blocks = pack_blocks(tokenizer, texts_by_split.get(split, []), seq_len, token,
+                             max_blocks=max_eval_blocks if split != "train" else None)
+        splits[split] = Dataset.from_dict({"input_ids": blocks}, features=features)
+    if not len(splits["train"]):
+        raise ValueError(f"{domain}: the training split yields no token blocks of length {seq_len}")
+    if not len(splits["validation"]):
+        raise ValueError(f"{domain}: the validation split yields no token blocks of length {seq_len}")
+    DatasetDict(splits).save_to_disk(str(out_dir))
+    (Path(out_dir) / "ossa_tokenized.json").write_text(json.dumps(
+        {"domain": domain, "seq_len": seq_len, "pad_token_id": tokenizer.pad_token_id}))
+    return {split: len(ds) for split, ds in splits.items()}
+
+
+def load_blocks(tokenized_dir: str | Path, split: str) -> list[list[int]]:
+    from datasets import load_from_disk
+
+    return [list(map(int, r)) for r in load_from_disk(str(tokenized_dir))[split]["input_ids"]]
+
+
 @dataclass
 class FinetuneReport:
     initial_val: dict[str, float]
@@ -93,33 +136,40 @@ class FinetuneReport:
     train_seconds: float
     tokens_per_second: float
     parameters: int
+    resumed_from_step: int = 0
+    world_size: int = 1
+    peak_memory_bytes: int = 0
 
 
 def finetune_domain(
     base_dir: Path,
-    train_texts: list[str],
-    val_texts: list[str],
+    tokenized_dir: Path,
     domain: str,
     out_dir: Path,
     *,
-    seq_len: int,
     settings: TrainSettings,
-    max_eval_blocks: int,
     work_dir: Path,
+    checkpoint_dir: Path | None = None,
     log_metrics: MetricLogger | None = None,
 ) -> FinetuneReport:
-    """Fine-tune the base on one domain; save model + tokenizer to out_dir."""
+    """Fine-tune the base on one domain's token blocks; save model + tokenizer to out_dir.
+
+    Under torchrun every rank trains; rank 0 alone evaluates and writes out_dir.
+    """
+    import os
+
     dtype = "bfloat16" if settings.precision == "bf16" and modeling.best_device() == "cuda" else "float32"
     model, tokenizer = load_base(base_dir, dtype=dtype)
     model.to(modeling.best_device())
-    token = modeling.DOMAIN_TOKENS[domain]
-    train_blocks = pack_blocks(tokenizer, train_texts, seq_len, token)
-    val_blocks = pack_blocks(tokenizer, val_texts, seq_len, token, max_blocks=max_eval_blocks)
-    if not val_blocks:
-        raise ValueError(f"{domain}: validation split yields no token blocks of length {seq_len}")
+    train_blocks = load_blocks(tokenized_dir, "train")
+    val_blocks = load_blocks(tokenized_dir, "validation")
     pad = tokenizer.pad_token_id
-    before = evaluate(model, val_blocks, pad)
-    result = train(model, train_blocks, pad, settings, str(work_dir), log_metrics)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    before = evaluate(model, val_blocks, pad) if rank0 else None
+    result = train(model, train_blocks, pad, settings, str(work_dir), log_metrics, checkpoint_dir)
+    if not rank0:
+        return FinetuneReport({}, {}, result.step_losses, len(train_blocks), len(val_blocks),
+                              result.train_seconds, 0.0, 0, result.resumed_from_step, result.world_size)
     after = evaluate(model, val_blocks, pad)
     if log_metrics:
         log_metrics(_eval_metrics("val", after), result.steps)
@@ -134,6 +184,9 @@ def finetune_domain(
         train_seconds=result.train_seconds,
         tokens_per_second=result.tokens_seen / max(result.train_seconds, 1e-9),
         parameters=modeling.parameter_count(model),
+        resumed_from_step=result.resumed_from_step,
+        world_size=result.world_size,
+        peak_memory_bytes=result.peak_memory_bytes,
     )
 
 

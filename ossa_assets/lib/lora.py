@@ -96,6 +96,31 @@ class AdapterReport:
     trainable_parameters: int
     total_parameters: int
     train_seconds: float
+    per_domain: dict[str, dict[str, float]] | None = None  # domain -> base/adapter val loss
+
+
+def heldout_loss(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    texts: list[str],
+    domain: str,
+    *,
+    seq_len: int,
+    max_blocks: int,
+) -> float:
+    """Validation loss of base + adapter on `texts`, tokenized with the adapter's own tokenizer.
+
+    Used to compare a challenger with the champion on the same held-out documents even when
+    the champion was trained on an older checkpoint.
+    """
+    from ossa_assets.lib import modeling
+    from ossa_assets.lib.training import evaluate, pack_blocks
+
+    tokenizer = modeling.load_tokenizer(adapter_dir)
+    model = modeling.load_causal_lm(model_dir).to(modeling.best_device())
+    model = load_adapter(model, adapter_dir)
+    blocks = pack_blocks(tokenizer, texts, seq_len, modeling.DOMAIN_TOKENS.get(domain), max_blocks=max_blocks)
+    return evaluate(model, blocks, tokenizer.pad_token_id).loss
 
 
 def train_adapter(
@@ -115,6 +140,7 @@ def train_adapter(
     warm_start_dir: str | Path | None = None,
     base_loader=None,
     log_metrics=None,
+    other_val_texts: dict[str, list[str]] | None = None,
 ) -> AdapterReport:
     """Train (or continue) a LoRA adapter on a task mixture; save it alone to out_dir.
 
@@ -138,6 +164,11 @@ def train_adapter(
         tokenizer, val_texts, seq_len, modeling.DOMAIN_TOKENS.get(val_task), max_blocks=max_eval_blocks
     )
     pad = tokenizer.pad_token_id
+    other_blocks = {
+        task: pack_blocks(tokenizer, texts, seq_len, modeling.DOMAIN_TOKENS.get(task), max_blocks=max_eval_blocks)
+        for task, texts in (other_val_texts or {}).items()
+    }
+    other_base = {task: evaluate(model, b, pad).loss for task, b in other_blocks.items() if b}
     base_eval = evaluate(model, val_blocks, pad)
     train_blocks = mix_tasks(blocks_by_task, weights, mixture_blocks, settings.seed)
     mixture = {t: len(b) for t, b in blocks_by_task.items()}
@@ -148,6 +179,10 @@ def train_adapter(
     trainable, total = trainable_parameter_count(peft_model)
     result = train(peft_model, train_blocks, pad, settings, str(work_dir), log_metrics)
     adapter_eval = evaluate(peft_model, val_blocks, pad)
+    per_domain = {val_task: {"base_val_loss": base_eval.loss, "adapter_val_loss": adapter_eval.loss}}
+    for task, loss in other_base.items():
+        per_domain[task] = {"base_val_loss": loss,
+                            "adapter_val_loss": evaluate(peft_model, other_blocks[task], pad).loss}
     save_adapter(peft_model, out_dir)
     tokenizer.save_pretrained(str(out_dir))  # the prompt format (domain tokens) travels with it
     return AdapterReport(
@@ -158,4 +193,5 @@ def train_adapter(
         trainable_parameters=trainable,
         total_parameters=total,
         train_seconds=result.train_seconds,
+        per_domain=per_domain,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 MetricLogger = Callable[[dict[str, float], int], None]
@@ -115,6 +116,9 @@ def evaluate(model, blocks: list[list[int]], pad_id: int, batch_size: int = 16) 
     return EvalResult(mean, math.exp(min(mean, 50)), correct / max(total_tokens, 1), total_tokens)
 
 
+COMPLETE_MARKER = "ossa_checkpoint_complete"
+
+
 @dataclass
 class TrainSettings:
     max_steps: int
@@ -126,14 +130,21 @@ class TrainSettings:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16/fp16 only on CUDA)
     gradient_checkpointing: bool = False
     seed: int = 0
+    save_steps: int = 0  # 0: no intermediate checkpoints (nothing to resume from)
+    distributed: str = "ddp"  # ddp | fsdp: how several processes (torchrun) share the work
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Any) -> "TrainSettings":
         """Settings from any object with these field names (the stages' Config classes)."""
         names = ("max_steps", "batch_size", "learning_rate", "grad_accum", "precision",
-                 "gradient_checkpointing", "seed")
+                 "gradient_checkpointing", "seed", "save_steps", "distributed")
         return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
 
 
 @dataclass
@@ -142,6 +153,43 @@ class TrainResult:
     steps: int
     train_seconds: float
     tokens_seen: int
+    resumed_from_step: int = 0
+    world_size: int = 1
+    peak_memory_bytes: int = 0
+
+
+def latest_complete_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
+    """The newest `checkpoint-N` that finished saving; half-written ones are removed.
+
+    A process killed while the Trainer writes a checkpoint leaves a directory without our
+    marker (written only after the Trainer's save returned): resuming from it would load torn
+    optimizer state, so it is deleted instead.
+    """
+    import shutil
+
+    if not checkpoint_dir or not Path(checkpoint_dir).is_dir():
+        return None
+    found: list[tuple[int, Path]] = []
+    for d in Path(checkpoint_dir).glob("checkpoint-*"):
+        try:
+            step = int(d.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if (d / COMPLETE_MARKER).exists():
+            found.append((step, d))
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def _peak_memory_bytes(cuda: bool) -> int:
+    if cuda:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
 
 
 def train(
@@ -151,8 +199,16 @@ def train(
     settings: TrainSettings,
     work_dir: str,
     log_metrics: MetricLogger | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train with transformers' Trainer; returns the per-step losses it logged."""
+    """Train with transformers' Trainer; returns the per-step losses it logged.
+
+    With `checkpoint_dir` and `settings.save_steps`, a checkpoint is written every `save_steps`
+    optimizer steps and training resumes from the newest complete one: a killed run loses at
+    most `save_steps` steps. Launched under torchrun (WORLD_SIZE > 1) the Trainer runs DDP (or
+    FSDP), `batch_size` per process; on CPU the gloo backend.
+    """
+    import os
     import time
 
     import torch
@@ -166,18 +222,34 @@ def train(
         precision = "fp32"
     else:
         precision = settings.precision
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     random.seed(settings.seed)
     losses: list[float] = []
+    resume = latest_complete_checkpoint(checkpoint_dir) if settings.save_steps else None
 
     class _Collect(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
-                if log_metrics:
+                if log_metrics and state.is_world_process_zero:
                     log_metrics({"train_loss": float(logs["loss"])}, state.global_step)
 
+        def on_save(self, args, state, control, **kw):
+            # the Trainer's save has returned on this process: mark the checkpoint complete
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
+
+    dist: dict[str, Any] = {}
+    if world > 1:
+        dist["ddp_backend"] = "nccl" if cuda else "gloo"
+        if settings.distributed == "fsdp":
+            dist["fsdp"] = "full_shard auto_wrap"
+            dist["fsdp_config"] = {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
+    save = bool(settings.save_steps and checkpoint_dir)
     args = TrainingArguments(
-        output_dir=work_dir,
+        output_dir=str(checkpoint_dir) if save else work_dir,
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
@@ -186,7 +258,9 @@ def train(
         weight_decay=settings.weight_decay,
         lr_scheduler_type="cosine",
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if save else "no",
+        save_steps=settings.save_steps or 500,
+        save_total_limit=2 if save else None,
         eval_strategy="no",
         report_to=[],
         disable_tqdm=True,
@@ -196,6 +270,8 @@ def train(
         fp16=precision == "fp16",
         gradient_checkpointing=settings.gradient_checkpointing,
         seed=settings.seed,
+        data_seed=settings.seed,
+        **dist,
         **settings.extra,
     )
     trainer = Trainer(
@@ -205,7 +281,10 @@ def train(
         callbacks=[_Collect()],
     )
     t0 = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
-    tokens = settings.max_steps * settings.batch_size * settings.grad_accum * len(train_blocks[0])
-    return TrainResult(losses, settings.max_steps, seconds, tokens)
+    resumed_at = int(resume.name.split("-", 1)[1]) if resume else 0
+    done = settings.max_steps - resumed_at
+    tokens = done * settings.batch_size * settings.grad_accum * world * len(train_blocks[0])
+    return TrainResult(losses, settings.max_steps, seconds, tokens, resumed_at, world,
+                       _peak_memory_bytes(cuda))

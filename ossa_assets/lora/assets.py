@@ -19,9 +19,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import StageResult, artifact_asset
+from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
 from ossa_assets.corpora.partitions import domain_partitions
-from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, REALTIME_ADAPTER
+from ossa_assets.keys import (
+    BASE_MODEL,
+    CURATED_CORPUS,
+    DOMAIN_CHECKPOINT,
+    MULTITASK_ADAPTER,
+    REALTIME_ADAPTER,
+    SOURCE_DOCUMENTS,
+)
 from ossa_assets.lib import lora as lib
 from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
 from ossa_assets.lib.curation import corpus as corpora_lib
@@ -30,6 +37,7 @@ from ossa_assets.lib.training import TrainSettings
 from ossa_assets.lora.config import AdapterConfig, RealtimeAdapterConfig
 from ossa_assets.lora.partitions import HOURLY_REFRESH, hourly_partitions
 from resources import GPU_POOL, gpu_pod_tags
+from resources.corpus import CorpusSources
 from resources.mlflow import MlflowResource
 from resources.storage import ArtifactStore
 
@@ -55,6 +63,8 @@ def _texts(corpora: dict[str, Artifact], split: str) -> dict[str, list[str]]:
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=1),
     backfill_policy=dg.BackfillPolicy.multi_run(1),
+    check_specs=[gate("adapter_not_worse_than_checkpoint", MULTITASK_ADAPTER,
+                      "On its domain's held-out set the adapter is not worse than the checkpoint alone.")],
 )
 def multitask_adapter(
     context: dg.AssetExecutionContext,
@@ -67,7 +77,8 @@ def multitask_adapter(
     """A multi-task LoRA adapter over the domain checkpoint (safetensors), registered in MLflow."""
     domain = context.partition_key
     train_texts = _texts(corpora, "train")
-    val_texts = _texts({domain: corpora[domain]}, "validation")[domain]
+    all_val = _texts(corpora, "validation")
+    val_texts = all_val[domain]
     weights = {
         d: (config.own_domain_weight if d == domain else config.other_domain_weight)
         for d in train_texts
@@ -93,18 +104,33 @@ def multitask_adapter(
                 max_eval_blocks=config.max_eval_blocks,
                 work_dir=tmp / "trainer",
                 log_metrics=run.log_metrics,
+                other_val_texts={d: t for d, t in all_val.items() if d != domain},
             )
             final, version = publish_versioned(tmp / "adapter", parent)
         run.log_metrics({f"base_{k}": v for k, v in report.base_val.items()}, step=0)
         run.log_metrics({f"adapter_{k}": v for k, v in report.adapter_val.items()}, step=settings.max_steps)
         # the adapter alone (a few MB even at 13B): never the base weights (mlflow#9256)
         run.log_artifacts(final, "adapter")
+        name = f"ossa-{domain}-adapter"
+        adapter_loss = report.adapter_val["val_loss"]
+        checkpoint_loss = report.base_val["val_loss"]
+        check = dg.AssetCheckResult(
+            check_name="adapter_not_worse_than_checkpoint",
+            passed=adapter_loss <= checkpoint_loss * (1 + config.max_regression),
+            description=f"held-out loss {adapter_loss:.4f} vs checkpoint {checkpoint_loss:.4f} "
+            f"(tolerance {config.max_regression:.0%})",
+            metadata={"adapter_val_loss": adapter_loss, "checkpoint_val_loss": checkpoint_loss},
+        )
         model_version = run.register(
-            f"ossa-{domain}-adapter",
+            name,
             source=f"{run.artifact_uri}/adapter",
             tags={"dagster_run_id": context.run.run_id, "data_version": version,
-                  "checkpoint_version": checkpoint.data_version},
+                  "checkpoint_version": checkpoint.data_version, "adapter_path": str(final),
+                  "checkpoint_path": checkpoint.path, "val_loss": f"{adapter_loss:.6f}"},
         )
+        promotion = _promote(run.client, name, model_version, domain, final, adapter_loss, check.passed,
+                             val_texts, config)
+        context.log.info(f"{name} v{model_version}: {promotion}")
     return StageResult(
         Artifact(
             kind="Adapter",
@@ -117,6 +143,7 @@ def multitask_adapter(
                 "registered_model": f"ossa-{domain}-adapter",
                 "model_version": model_version,
                 "mixture": report.mixture,
+                "promotion": promotion,
             },
         ),
         metadata={
@@ -127,8 +154,38 @@ def multitask_adapter(
             "task_blocks": dg.JsonMetadataValue(report.mixture),
             "train_seconds": dg.FloatMetadataValue(round(report.train_seconds, 2)),
             "registered_model": f"ossa-{domain}-adapter v{model_version}",
+            "per_domain_val_loss": dg.JsonMetadataValue(
+                {d: {k: round(v, 4) for k, v in r.items()} for d, r in (report.per_domain or {}).items()}),
+            "promotion": promotion,
         },
+        checks=[check],
     )
+
+
+def _promote(client, name: str, version: str, domain: str, adapter_dir: Path, loss: float,
+             checks_passed: bool, val_texts: list[str], config) -> str:
+    """challenger always; champion if checks pass and not worse than the champion (lib.promotion)."""
+    from ossa_assets.lib.promotion import CHALLENGER, CHAMPION, decide
+    from resources.mlflow import registry_alias_version
+
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    champion = registry_alias_version(client, name, CHAMPION)
+    champion_loss = None
+    if champion is not None and str(champion.version) != str(version):
+        tags = champion.tags or {}
+        if Path(tags.get("adapter_path", "")).is_dir() and Path(tags.get("checkpoint_path", "")).is_dir():
+            # the champion re-evaluated on today's held-out documents: a like-for-like comparison
+            champion_loss = lib.heldout_loss(
+                tags["checkpoint_path"], tags["adapter_path"], val_texts, domain,
+                seq_len=config.seq_len, max_blocks=config.max_eval_blocks)
+        else:  # its files are gone: fall back to the loss it recorded when it was registered
+            champion_loss = float(tags.get("val_loss", "nan"))
+    decision = decide(checks_passed, loss, champion_loss, config.promotion_tolerance)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promotion", decision.reason)
+    verdict = "champion" if decision.promote else "challenger"
+    return f"v{version} {verdict}: {decision.reason}"
 
 
 def _latest_earlier_hour(store: ArtifactStore, before: str) -> Artifact | None:
@@ -144,16 +201,40 @@ def _latest_earlier_hour(store: ArtifactStore, before: str) -> Artifact | None:
     return None
 
 
+def hour_documents(store: ArtifactStore, corpus: CorpusSources, start: float, end: float):
+    """The curated documents of every configured source whose file arrived in [start, end).
+
+    Read from each source's curated snapshot (parsed, validated, secret-scrubbed per file), not
+    from the merged domain corpus: the hourly path then waits for one curation run, not two,
+    which is what keeps a dropped file -> adapter under a minute. Held-out test documents (by
+    the same content-hash split the corpus uses) are never trained on.
+    """
+    from ossa_assets.corpora.config import CuratedCorpusConfig
+    from ossa_assets.lib.curation import pipeline
+
+    split_cfg = CuratedCorpusConfig()
+    rows, snapshots = [], []
+    for spec in corpus.specs():
+        key = dg.MultiPartitionKey({"domain": spec.domain, "source": spec.name})
+        art = store.load_manifest(SOURCE_DOCUMENTS, str(key))
+        if art is None or not art.path:
+            continue
+        snapshots.append(art)
+        for d in pipeline.load_source_result(Path(art.path)).documents:
+            if start <= d.mtime < end and corpora_lib.split_for(
+                    d.doc_id, split_cfg.validation_fraction, split_cfg.test_fraction) != "test":
+                rows.append({"domain": d.domain, "text": d.text, "doc_id": d.doc_id})
+    return rows, snapshots
+
+
 @artifact_asset(
     kind="Adapter",
     key=REALTIME_ADAPTER,
-    ins={
-        "base": dg.AssetIn(BASE_MODEL),
-        "corpora": dg.AssetIn(CURATED_CORPUS, partition_mapping=dg.AllPartitionMapping()),
-    },
+    ins={"base": dg.AssetIn(BASE_MODEL)},
     # hour h is computed from hour h-1: declared so Dagster orders backfills and marks later
-    # hours stale when an earlier one changes
-    deps=[dg.AssetDep(REALTIME_ADAPTER, partition_mapping=dg.TimeWindowPartitionMapping(-1, -1))],
+    # hours stale when an earlier one changes; source documents are read per source (above)
+    deps=[dg.AssetDep(REALTIME_ADAPTER, partition_mapping=dg.TimeWindowPartitionMapping(-1, -1)),
+          dg.AssetDep(SOURCE_DOCUMENTS, partition_mapping=dg.AllPartitionMapping())],
     partitions_def=hourly_partitions,
     automation_condition=HOURLY_REFRESH,
     group_name="lora",
@@ -167,16 +248,12 @@ def realtime_adapter(
     context: dg.AssetExecutionContext,
     config: RealtimeAdapterConfig,  # type: ignore[valid-type]
     store: ArtifactStore,
+    corpus: CorpusSources,
     base: Artifact,
-    corpora: dict,
 ) -> StageResult:
     """The hourly real-time adapter: previous hour's adapter trained on this hour's new documents."""
     window = context.partition_time_window
-    start, end = window.start.timestamp(), window.end.timestamp()
-    rows = []
-    for art in corpora.values():
-        for split in ("train", "validation"):
-            rows.extend(r for r in corpora_lib.load_split_texts(art.path, split) if start <= r["mtime"] < end)
+    rows, snapshots = hour_documents(store, corpus, window.start.timestamp(), window.end.timestamp())
     previous = _latest_earlier_hour(store, context.partition_key)
     derived = [previous.lineage_id] if previous else []
     if not rows:
@@ -192,6 +269,7 @@ def realtime_adapter(
             ),
             metadata={"new_documents": 0, "outcome": "no-op: no new documents this hour"},
         )
+    derived += [a.lineage_id for a in snapshots if a.lineage_id]
     by_domain: dict[str, list[str]] = {}
     for r in rows:
         by_domain.setdefault(r["domain"], []).append(r["text"])

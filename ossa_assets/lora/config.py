@@ -39,6 +39,12 @@ class AdapterConfigBase(_LoraFields):
         default=0.25, description="Mixture weight of each other domain (keeps shared skills)."
     )
     max_eval_blocks: int = Field(default=200, description="Validation blocks evaluated.")
+    max_regression: float = Field(
+        default=0.01, description="Blocking: adapter held-out loss may exceed the checkpoint's by this share."
+    )
+    promotion_tolerance: float = Field(
+        default=0.0, description="A challenger becomes champion if its held-out loss <= champion's x (1 + this)."
+    )
 
 
 class RealtimeAdapterConfigBase(_LoraFields):

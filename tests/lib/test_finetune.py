@@ -61,9 +61,13 @@ def test_finetune_lowers_validation_loss(tmp_path):
     finetune.build_base(base, TEXTS, pretrained_path=None, vocab_size=300, arch=ARCH,
                         tokenizer_max_chars=10**6, seed=0)
     out = tmp_path / "ck"
+    tokenized = tmp_path / "tok"
+    sizes = finetune.tokenize_corpus(base, {"train": TEXTS[:50], "validation": TEXTS[50:]}, "api_spec",
+                                     tokenized, seq_len=64, max_eval_blocks=8)
+    assert sizes["train"] > 8 and 0 < sizes["validation"] <= 8
     report = finetune.finetune_domain(
-        base, TEXTS[:50], TEXTS[50:], "api_spec", out, seq_len=64,
-        settings=TrainSettings(max_steps=30, batch_size=8, learning_rate=3e-3), max_eval_blocks=8,
+        base, tokenized, "api_spec", out,
+        settings=TrainSettings(max_steps=30, batch_size=8, learning_rate=3e-3),
         work_dir=tmp_path / "work",
     )
     assert report.final_val["val_loss"] < report.initial_val["val_loss"] - 1.0
@@ -83,3 +87,14 @@ def test_pack_blocks_is_exact():
     flat = [i for b in blocks for i in b]
     assert flat[0] == tok.convert_tokens_to_ids("<|api_spec|>")
     assert flat.count(tok.eos_token_id) >= 4
+
+
+def test_tokenize_refuses_an_empty_validation_split(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    finetune.build_base(base, TEXTS, pretrained_path=None, vocab_size=300, arch=ARCH,
+                        tokenizer_max_chars=10**6, seed=0)
+    with pytest.raises(ValueError, match="validation split yields no token blocks"):
+        finetune.tokenize_corpus(base, {"train": TEXTS, "validation": []}, "api_spec", tmp_path / "t",
+                                 seq_len=64, max_eval_blocks=8)
+    assert not (tmp_path / "t").exists()
