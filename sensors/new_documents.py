@@ -6,7 +6,9 @@ modification times with the cursor:
 1. new or changed files -> a curation run for each touched (domain, source) partition, and the
    hours the files belong to become *pending*;
 2. a pending hour whose curation runs have all materialized -> a run of that hour's
-   `lora/realtime_adapter` partition (which reads the sources' curated snapshots).
+   `lora/realtime_adapter` partition (which reads the sources' curated snapshots);
+3. an hour whose warm start is stale (an earlier hour was re-materialized) -> a run of the
+   first such hour; the next tick sees the next one (ossa_assets/lora/chain.py).
 
 The cursor (JSON) holds the newest modification time seen per source and the pending hours, so
 a restarted daemon neither repeats nor loses a request. The first tick only records what is
@@ -23,6 +25,7 @@ import dagster as dg
 
 from ossa_assets.corpora.partitions import source_partitions
 from ossa_assets.keys import REALTIME_ADAPTER, SOURCE_DOCUMENTS
+from ossa_assets.lora.chain import latest_hours, stale_hours
 from ossa_assets.lora.partitions import hourly_partitions
 from resources.corpus import CorpusSources
 from resources.storage import ArtifactStore
@@ -105,6 +108,16 @@ def evaluate_new_documents(
             pending.pop(hour)
         elif now - entry["since"] > PENDING_TIMEOUT_S:
             pending.pop(hour)
+    stale = stale_hours(instance)
+    if stale:
+        # an earlier hour changed: rebuild the chain from its first stale hour, one hour a tick
+        hours = latest_hours(instance)
+        requests.append(dg.RunRequest(
+            run_key=f"restale:{stale[0]}:{hours[stale[0]][1]}",
+            asset_selection=[REALTIME_ADAPTER],
+            partition_key=stale[0],
+            tags={"ossa/trigger": "stale_warm_start"},
+        ))
     summary = (f"baseline of {len(seen)} sources" if first else
                f"{len(requests)} requests, {len(pending)} hours waiting for curation")
     return requests, json.dumps({"seen": seen, "pending": pending}, sort_keys=True), summary

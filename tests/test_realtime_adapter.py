@@ -47,21 +47,30 @@ def test_realtime_adapter_chain(tmp_path, data_root):
 
     def run(hour):
         res = dg.materialize(
-            [realtime_adapter, base_model.to_source_asset(), curated_corpus.to_source_asset()],
+            [realtime_adapter, base_model.to_source_asset()],
             partition_key=hour, resources=resources, instance=instance, selection=[realtime_adapter],
         )
         assert res.success
         mat = res.asset_materializations_for_node("lora__realtime_adapter")[0]
         return res.output_for_node("lora__realtime_adapter"), {k: v.value for k, v in mat.metadata.items()}
 
-    # the hour's documents as curated: held-out test documents are never trained on
-    from ossa_assets.lib.curation.corpus import load_split_texts
+    # the hour's documents as curated per source: held-out test documents are never trained on
+    from ossa_assets.corpora.config import CuratedCorpusConfig
+    from ossa_assets.lib.curation.corpus import load_split_texts, split_for
+    from ossa_assets.lib.curation.pipeline import load_source_result
 
-    corpus_dir = resources["store"].load_manifest(dg.AssetKey(["corpora", "curated_corpus"]), "devops_workflow").path
     start = dt.datetime(2026, 11, 20, 10, tzinfo=dt.timezone.utc).timestamp()
-    expected = sum(1 for split in ("train", "validation") for r in load_split_texts(corpus_dir, split)
-                   if start <= r["mtime"] < start + 3600)
-    assert 0 < expected <= arrived
+    cfg = CuratedCorpusConfig()
+    in_hour = [d for spec in resources["corpus"].specs()
+               for d in load_source_result(Path(resources["store"].load_manifest(
+                   dg.AssetKey(["corpora", "source_documents"]),
+                   str(dg.MultiPartitionKey({"domain": spec.domain, "source": spec.name}))).path)).documents
+               if start <= d.mtime < start + 3600]
+    expected = sum(split_for(d.doc_id, cfg.validation_fraction, cfg.test_fraction) != "test" for d in in_hour)
+    assert 0 < expected < len(in_hour) <= arrived  # at least one of the hour's documents is held out
+    corpus_dir = resources["store"].load_manifest(dg.AssetKey(["corpora", "curated_corpus"]), "devops_workflow").path
+    test_ids = {r["doc_id"] for r in load_split_texts(corpus_dir, "test")}
+    assert test_ids & {d.doc_id for d in in_hour}, "the corpus holds the same documents out"
 
     first, md1 = run(HOUR)
     assert md1["outcome"] == "trained" and md1["new_documents"] == expected
@@ -77,3 +86,23 @@ def test_realtime_adapter_chain(tmp_path, data_root):
     assert md3["outcome"] == "trained" and md3["warm_started_from"] == NEXT
     assert warm.data_version != first.data_version
     assert quiet.lineage_id in warm.derived_from
+
+    # re-materializing an old hour with different weights makes every later hour stale, and the
+    # sensor rebuilds the chain from the first stale hour
+    from ossa_assets.lora.chain import stale_hours
+    from sensors.new_documents import evaluate_new_documents
+
+    assert stale_hours(instance) == []
+    res = dg.materialize(
+        [realtime_adapter, base_model.to_source_asset()], partition_key=HOUR, resources=resources,
+        instance=instance, selection=[realtime_adapter],
+        run_config={"ops": {"lora__realtime_adapter": {"config": {"seed": 7}}}},
+    )
+    assert res.output_for_node("lora__realtime_adapter").data_version != first.data_version
+    assert stale_hours(instance) == [NEXT, LATER]
+    requests, _, _ = evaluate_new_documents(instance, resources["corpus"], None, data_root / "cache")
+    assert [(r.partition_key, r.tags["ossa/trigger"]) for r in requests] == [(NEXT, "stale_warm_start")]
+    run(NEXT)
+    assert stale_hours(instance) == [LATER]
+    run(LATER)
+    assert stale_hours(instance) == []

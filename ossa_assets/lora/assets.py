@@ -34,6 +34,7 @@ from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
 from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.finetune import load_base
 from ossa_assets.lib.training import TrainSettings
+from ossa_assets.lora.chain import WARM_START_VERSION
 from ossa_assets.lora.config import AdapterConfig, RealtimeAdapterConfig
 from ossa_assets.lora.partitions import HOURLY_REFRESH, hourly_partitions
 from resources import GPU_POOL, gpu_pod_tags
@@ -267,7 +268,8 @@ def realtime_adapter(
                 derived_from=derived,
                 meta={"new_documents": 0, "warm_start": previous.lineage_id if previous else None},
             ),
-            metadata={"new_documents": 0, "outcome": "no-op: no new documents this hour"},
+            metadata={"new_documents": 0, "outcome": "no-op: no new documents this hour",
+                      WARM_START_VERSION: previous.data_version if previous else ""},
         )
     derived += [a.lineage_id for a in snapshots if a.lineage_id]
     by_domain: dict[str, list[str]] = {}
@@ -314,6 +316,7 @@ def realtime_adapter(
         metadata={
             "new_documents": len(rows),
             "outcome": "trained",
+            WARM_START_VERSION: previous.data_version if previous else "",
             "warm_started_from": previous.partition if previous else "cold start",
             "hour_docs_loss_before": dg.FloatMetadataValue(round(report.base_val["val_loss"], 4)),
             "hour_docs_loss_after": dg.FloatMetadataValue(round(report.adapter_val["val_loss"], 4)),

@@ -1,0 +1,116 @@
+"""The hourly refresh: the new-documents sensor, the hourly automation, and the warm-start chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import dagster as dg
+
+from ossa_assets.keys import REALTIME_ADAPTER, SOURCE_DOCUMENTS
+from tests.conftest import copy_sample, curate_all, tiny_resources
+
+UTC = dt.timezone.utc
+NEW_PIPELINE = "stages: [test]\nunit:\n  stage: test\n  script:\n    - pytest -q\n  rules:\n    - if: $CI\n"
+
+
+def _devops_source(resources):
+    spec = next(s for s in resources["corpus"].specs() if s.domain == "devops_workflow" and s.kind == "local")
+    return spec
+
+
+def test_new_documents_sensor_requests_curation_then_the_hour(tmp_path, data_root):
+    from ossa_assets.corpora.assets import source_documents
+    from sensors.new_documents import evaluate_new_documents, hour_key, new_documents_sensor
+
+    corpus = copy_sample(tmp_path / "corpus")
+    resources = tiny_resources(data_root, corpus)
+    instance = dg.DagsterInstance.ephemeral()
+    spec = _devops_source(resources)
+    curate_all(instance, resources, domains=("devops_workflow",))
+    cache = data_root / "cache" / "git"
+
+    # first tick: a baseline, no requests for history
+    requests, cursor, summary = evaluate_new_documents(instance, resources["corpus"], None, cache)
+    assert requests == [] and "baseline" in summary
+    assert spec.name in json.loads(cursor)["seen"]
+    # nothing new: nothing requested
+    requests, cursor, _ = evaluate_new_documents(instance, resources["corpus"], cursor, cache)
+    assert requests == []
+
+    target = corpus / "cicd" / "gitlab" / "dropped-now" / ".gitlab-ci.yml"
+    target.parent.mkdir()
+    target.write_text(NEW_PIPELINE)
+    hour = hour_key(target.stat().st_mtime)
+    partition = str(dg.MultiPartitionKey({"domain": "devops_workflow", "source": spec.name}))
+
+    # through the real sensor definition, with its resources
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = new_documents_sensor(ctx)
+    assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [(partition, [SOURCE_DOCUMENTS])]
+    cursor = ctx.cursor
+    assert hour in json.loads(cursor)["pending"]
+
+    # the hour waits for its curation run
+    requests, cursor, summary = evaluate_new_documents(instance, resources["corpus"], cursor, cache)
+    assert requests == [] and "1 hours waiting" in summary
+    time.sleep(0.01)
+    assert dg.materialize([source_documents], partition_key=partition, resources=resources,
+                          instance=instance).success
+    requests, cursor, _ = evaluate_new_documents(instance, resources["corpus"], cursor, cache)
+    assert [(r.partition_key, r.asset_selection) for r in requests] == [(hour, [REALTIME_ADAPTER])]
+    assert requests[0].run_key.startswith(f"realtime:{hour}:")
+    # requested once
+    requests, cursor, _ = evaluate_new_documents(instance, resources["corpus"], cursor, cache)
+    assert requests == [] and json.loads(cursor)["pending"] == {}
+
+
+def test_hourly_automation_targets_the_hour_that_just_ended():
+    from ossa_assets.definitions import defs
+
+    instance = dg.DagsterInstance.ephemeral()
+    at = dt.datetime(2026, 11, 20, 10, 3, tzinfo=UTC)
+    first = dg.evaluate_automation_conditions(defs, instance, evaluation_time=at)
+    assert first.total_requested == 0  # no cron tick has passed since the first evaluation
+    second = dg.evaluate_automation_conditions(defs, instance, cursor=first.cursor,
+                                               evaluation_time=at + dt.timedelta(minutes=3))
+    assert second.get_requested_partitions(REALTIME_ADAPTER) == {"2026-11-20-09:00", "2026-11-20-10:00"}
+    third = dg.evaluate_automation_conditions(defs, instance, cursor=second.cursor,
+                                              evaluation_time=at + dt.timedelta(minutes=10))
+    assert third.total_requested == 0  # once per tick
+
+
+def test_hour_chain_and_staleness(tmp_path, data_root):
+    """Hour h depends on h-1: the graph says so, and re-materializing h-1 marks h stale."""
+    # Dagster's own staleness resolver (what the UI shows): internal API, pinned with dagster
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from ossa_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    node = graph.get(REALTIME_ADAPTER)
+    mapping = graph.get_partition_mapping(REALTIME_ADAPTER, REALTIME_ADAPTER)
+    assert REALTIME_ADAPTER in node.parent_keys
+    assert (mapping.start_offset, mapping.end_offset) == (-1, -1)  # hour h reads hour h-1
+    assert node.backfill_policy.max_partitions_per_run == 1  # a backfill runs hour by hour, in order
+
+    # staleness over real materializations, with stand-in bodies of the same partitioning
+    calls = {"v": "a"}
+
+    @dg.asset(key=REALTIME_ADAPTER, partitions_def=node.partitions_def,
+              deps=[dg.AssetDep(REALTIME_ADAPTER, partition_mapping=dg.TimeWindowPartitionMapping(-1, -1))])
+    def stand_in(context):
+        return dg.Output(None, data_version=dg.DataVersion(f"{context.partition_key}:{calls['v']}"))
+
+    instance = dg.DagsterInstance.ephemeral()
+    for hour in ("2026-11-20-09:00", "2026-11-20-10:00"):
+        assert dg.materialize([stand_in], partition_key=hour, instance=instance).success
+    sdefs = dg.Definitions(assets=[stand_in])
+    resolver = CachingStaleStatusResolver(instance, sdefs.resolve_asset_graph(), LoadingContextForTest(instance))
+    assert resolver.get_status(REALTIME_ADAPTER, "2026-11-20-10:00") == StaleStatus.FRESH
+    calls["v"] = "b"
+    assert dg.materialize([stand_in], partition_key="2026-11-20-09:00", instance=instance).success
+    resolver = CachingStaleStatusResolver(instance, sdefs.resolve_asset_graph(), LoadingContextForTest(instance))
+    assert resolver.get_status(REALTIME_ADAPTER, "2026-11-20-10:00") == StaleStatus.STALE
