@@ -37,7 +37,7 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
     """The graph's computations as plain function calls (the orchestration-free baseline)."""
     from ossa_assets.corpora.config import CuratedCorpusConfig, SourceCurationConfig
     from ossa_assets.embeddings.config import DocumentIndexConfig
-    from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig
+    from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig, TokenizeConfig
     from ossa_assets.lib import embeddings, finetune, lora, onnx_export, onnx_runtime
     from ossa_assets.lib.curation import corpus as corpus_lib
     from ossa_assets.lib.curation import pipeline
@@ -83,16 +83,19 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
     client.close()
     times["document_index"] = time.perf_counter() - t
 
-    fc, ac, qc = FinetuneConfig(), AdapterConfig(), QuantizeConfig()
+    fc, tc, ac, qc = FinetuneConfig(), TokenizeConfig(), AdapterConfig(), QuantizeConfig()
     train = {d: [x.text for x in r.documents if r.splits[x.doc_id] == "train"] for d, r in curated.items()}
     val = {d: [x.text for x in r.documents if r.splits[x.doc_id] == "validation"] for d, r in curated.items()}
     for domain in DOMAIN_DIRS:
         t = time.perf_counter()
         ck = work / "ck" / domain
+        tokenized = _fresh(work / "tok" / domain)
+        finetune.tokenize_corpus(base_dir, {"train": train[domain], "validation": val[domain]}, domain,
+                                 tokenized / "t", seq_len=tc.seq_len, max_eval_blocks=tc.max_eval_blocks)
         finetune.finetune_domain(
-            base_dir, train[domain], val[domain], domain, _fresh(ck), seq_len=fc.seq_len,
+            base_dir, tokenized / "t", domain, _fresh(ck),
             settings=TrainSettings(fc.max_steps, fc.batch_size, fc.learning_rate, fc.grad_accum, seed=fc.seed),
-            max_eval_blocks=fc.max_eval_blocks, work_dir=_fresh(work / "trainer"),
+            work_dir=_fresh(work / "trainer"),
         )
         ad = work / "ad" / domain
         weights = {d: ac.own_domain_weight if d == domain else ac.other_domain_weight for d in train}

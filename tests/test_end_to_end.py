@@ -106,7 +106,7 @@ def test_whole_graph_materializes(pipeline):
     out = pipeline.proc.stdout + pipeline.proc.stderr
     assert pipeline.proc.returncode == 0, out[-6000:]
     last = pipeline.proc.stdout.strip().splitlines()[-1]
-    assert last == "materialized 22/22 assets, checks 16/16 passed", out[-3000:]
+    assert last == "materialized 25/25 assets, checks 28/28 passed", out[-3000:]
 
 
 def test_fine_tuning_lowered_validation_loss(in_env):

@@ -1,0 +1,123 @@
+"""Fine-tune orchestration overhead and CPU tokens/s, in one run.
+
+  bare   the training loop alone (lib.training.train: HF Trainer on the same token blocks,
+         same steps, same settings), in this process
+  asset  `finetune/domain_checkpoint` materialized in-process with Dagster (dg.materialize):
+         config, IO manager, MLflow run + metrics + registration, checkpointing every
+         save_steps, evaluation before/after, format-validity sampling, atomic publish, checks
+
+Both on one domain of the sample corpus with the active profile's model. Prints medians over
+--repeat runs and the ratio asset/bare (target <= 1.05 at production-like step counts; at tiny
+step counts fixed costs — process-wide imports excluded — dominate, so the ratio is printed for
+several --steps).
+
+  python bench/bench_finetune.py [--domain devops_workflow] [--steps 40 200] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def prepare(work: Path, domain: str):
+    """Curate the sample, build the base, tokenize one domain: the inputs both sides share."""
+    import dagster as dg
+
+    from ossa_assets.corpora.assets import curated_corpus
+    from ossa_assets.finetune.assets import base_model, tokenized_corpus
+    from tests.conftest import SAMPLE, curate_all, tiny_resources
+
+    corpus = work / "corpus"
+    shutil.copytree(SAMPLE, corpus)
+    resources = tiny_resources(work / "data", corpus)
+    instance = dg.DagsterInstance.ephemeral()
+    curate_all(instance, resources)
+    assert dg.materialize([base_model, curated_corpus.to_source_asset()], selection=[base_model],
+                          resources=resources, instance=instance).success
+    assert dg.materialize([tokenized_corpus, base_model.to_source_asset(), curated_corpus.to_source_asset()],
+                          selection=[tokenized_corpus], partition_key=domain, resources=resources,
+                          instance=instance).success
+    return resources, instance
+
+
+def bare_once(resources, domain: str, steps: int, work: Path) -> tuple[float, float]:
+    from ossa_assets.finetune.config import FinetuneConfig
+    from ossa_assets.keys import BASE_MODEL, TOKENIZED_CORPUS
+    from ossa_assets.lib import modeling
+    from ossa_assets.lib.finetune import load_base, load_blocks
+    from ossa_assets.lib.training import TrainSettings, train
+
+    store = resources["store"]
+    base = store.load_manifest(BASE_MODEL, None)
+    tok = store.load_manifest(TOKENIZED_CORPUS, domain)
+    settings = TrainSettings.from_config(FinetuneConfig())
+    settings.max_steps = steps
+    settings.save_steps = 0
+    model, tokenizer = load_base(base.path)
+    model.to(modeling.best_device())
+    blocks = load_blocks(tok.path, "train")
+    t = time.perf_counter()
+    result = train(model, blocks, tokenizer.pad_token_id, settings, str(work))
+    seconds = time.perf_counter() - t
+    return seconds, result.tokens_seen / result.train_seconds
+
+
+def asset_once(resources, instance, domain: str, steps: int) -> tuple[float, float]:
+    import dagster as dg
+
+    from ossa_assets.finetune.assets import base_model, domain_checkpoint, tokenized_corpus
+
+    t = time.perf_counter()
+    res = dg.materialize(
+        [domain_checkpoint, base_model.to_source_asset(), tokenized_corpus.to_source_asset()],
+        selection=[domain_checkpoint], partition_key=domain, resources=resources, instance=instance,
+        run_config={"ops": {"finetune__domain_checkpoint": {"config": {"max_steps": steps}}}},
+        raise_on_error=False,
+    )
+    seconds = time.perf_counter() - t
+    mat = res.asset_materializations_for_node("finetune__domain_checkpoint")[0]
+    return seconds, mat.metadata["tokens_per_second"].value
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--domain", default="devops_workflow")
+    ap.add_argument("--steps", type=int, nargs="+", default=[40, 200])
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ossa-bench-ft-"))
+    os.environ["OSSA_DATA_ROOT"] = str(work / "data")
+    try:
+        resources, instance = prepare(work, args.domain)
+        bare_once(resources, args.domain, 5, work / "warm")  # warm caches (first-call kernels)
+        print(f"domain {args.domain}, median of {args.repeat}")
+        print(f"{'steps':>6} {'bare s':>8} {'asset s':>8} {'ratio':>6} {'bare tok/s':>11} {'asset tok/s':>12}")
+        for steps in args.steps:
+            b, a = [], []
+            for _ in range(args.repeat):
+                b.append(bare_once(resources, args.domain, steps, work / "bare"))
+                a.append(asset_once(resources, instance, args.domain, steps))
+            bs = statistics.median(x[0] for x in b)
+            as_ = statistics.median(x[0] for x in a)
+            print(f"{steps:>6} {bs:>8.2f} {as_:>8.2f} {as_ / bs:>6.2f} "
+                  f"{statistics.median(x[1] for x in b):>11.0f} {statistics.median(x[1] for x in a):>12.0f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
