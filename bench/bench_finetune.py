@@ -6,7 +6,10 @@
          config, IO manager, MLflow run + metrics + registration, checkpointing every
          save_steps, evaluation before/after, format-validity sampling, atomic publish, checks
 
-Both on one domain of the sample corpus with the active profile's model. Prints medians over
+  library  the asset's work without Dagster or MLflow (same train_job with its evaluation and
+         checkpoints, same format-validity sampling): asset/library is the orchestration overhead
+
+All on one domain of the sample corpus with the active profile's model. Prints medians over
 --repeat runs and the ratio asset/bare (target <= 1.05 at production-like step counts; at tiny
 step counts fixed costs — process-wide imports excluded — dominate, so the ratio is printed for
 several --steps).
@@ -75,6 +78,36 @@ def bare_once(resources, domain: str, steps: int, work: Path) -> tuple[float, fl
     return seconds, result.tokens_seen / result.train_seconds
 
 
+def library_once(resources, domain: str, steps: int, work: Path) -> float:
+    """The asset's work without Dagster or MLflow: the same train_job (evaluation before/after,
+    checkpoints every save_steps, save) plus the same format-validity sampling."""
+    import shutil
+
+    from ossa_assets.finetune.config import FinetuneConfig
+    from ossa_assets.keys import BASE_MODEL, TOKENIZED_CORPUS
+    from ossa_assets.lib import modeling, train_job
+    from ossa_assets.lib.evaluation import format_validity
+    from ossa_assets.lib.training import TrainSettings
+
+    store = resources["store"]
+    config = FinetuneConfig()
+    settings = TrainSettings.from_config(config)
+    settings.max_steps = steps
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    spec = train_job.TrainJobSpec(
+        base_dir=store.load_manifest(BASE_MODEL, None).path,
+        tokenized_dir=store.load_manifest(TOKENIZED_CORPUS, domain).path, domain=domain,
+        out_dir=str(work / "model"), work_dir=str(work / "trainer"), checkpoint_dir=str(work / "ckpt"),
+        report_path=str(work / "report.json"), settings=settings.to_dict())
+    t = time.perf_counter()
+    train_job.run(spec)
+    model = modeling.load_causal_lm(work / "model")
+    format_validity(model, modeling.load_tokenizer(work / "model"), domain, samples=config.generation_samples,
+                    max_new_tokens=config.max_new_tokens, seed=config.seed)
+    return time.perf_counter() - t
+
+
 def asset_once(resources, instance, domain: str, steps: int) -> tuple[float, float]:
     import dagster as dg
 
@@ -104,15 +137,19 @@ def main() -> int:
         resources, instance = prepare(work, args.domain)
         bare_once(resources, args.domain, 5, work / "warm")  # warm caches (first-call kernels)
         print(f"domain {args.domain}, median of {args.repeat}")
-        print(f"{'steps':>6} {'bare s':>8} {'asset s':>8} {'ratio':>6} {'bare tok/s':>11} {'asset tok/s':>12}")
+        print("loop: the bare training loop; library: the asset's work without Dagster/MLflow")
+        print(f"{'steps':>6} {'loop s':>8} {'library s':>10} {'asset s':>8} {'asset/loop':>11} "
+              f"{'asset/library':>14} {'loop tok/s':>11} {'asset tok/s':>12}")
         for steps in args.steps:
-            b, a = [], []
+            b, lib_, a = [], [], []
             for _ in range(args.repeat):
                 b.append(bare_once(resources, args.domain, steps, work / "bare"))
+                lib_.append(library_once(resources, args.domain, steps, work / "library"))
                 a.append(asset_once(resources, instance, args.domain, steps))
             bs = statistics.median(x[0] for x in b)
+            ls = statistics.median(lib_)
             as_ = statistics.median(x[0] for x in a)
-            print(f"{steps:>6} {bs:>8.2f} {as_:>8.2f} {as_ / bs:>6.2f} "
+            print(f"{steps:>6} {bs:>8.2f} {ls:>10.2f} {as_:>8.2f} {as_ / bs:>11.2f} {as_ / ls:>14.2f} "
                   f"{statistics.median(x[1] for x in b):>11.0f} {statistics.median(x[1] for x in a):>12.0f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
