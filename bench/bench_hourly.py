@@ -1,7 +1,7 @@
 """Hourly refresh latency: a new file dropped into a source -> that hour's adapter materialized.
 
 Runs the real thing: a persistent Dagster instance, `dagster-daemon run` with the project's
-sensors (new_documents_sensor at its 10 s interval), the default run launcher (a process per
+sensors (new_documents_sensor at its 5 s interval), the default run launcher (a process per
 run) and the multiprocess executor. The corpus is curated and the base model built first; the
 daemon is given time for the sensor's baseline tick; then one GitLab CI file is dropped and the
 clock runs until the current hour's `lora/realtime_adapter` materialization lands (target
@@ -82,7 +82,8 @@ def main() -> int:
                 ts = _latest(instance, REALTIME_ADAPTER, hour)
                 if ts > before and ts > t0:
                     latencies.append(ts - t0)
-                    print(f"drop {i}: adapter for {hour} materialized after {ts - t0:.1f} s")
+                    print(f"drop {i}: adapter for {hour} materialized after {ts - t0:.1f} s "
+                          f"({_phases(instance, t0)})")
                     break
                 time.sleep(0.5)
             else:
@@ -97,6 +98,22 @@ def main() -> int:
             daemon.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _phases(instance, t0: float) -> str:
+    """Where the time went: each triggered run's queue/launch delay and its duration."""
+    import dagster as dg
+
+    out = []
+    for rec in reversed(instance.get_run_records(dg.RunsFilter(tags={"ossa/trigger": "new_documents"}), limit=10)):
+        if rec.create_timestamp.timestamp() < t0:
+            continue
+        what = rec.dagster_run.job_name
+        created = rec.create_timestamp.timestamp() - t0
+        start = (rec.start_time or 0) - t0
+        end = (rec.end_time or 0) - t0
+        out.append(f"{what}: requested +{created:.1f}s, started +{start:.1f}s, ended +{end:.1f}s")
+    return "; ".join(out)
 
 
 def _latest(instance, key, partition) -> float:

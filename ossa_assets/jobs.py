@@ -9,21 +9,24 @@ import dagster as dg
 from ossa_assets.keys import (
     BASE_MODEL,
     CURATED_CORPUS,
-    SOURCE_DOCUMENTS,
     DEPLOYMENT,
     DOCUMENT_INDEX,
     DOMAIN_CHECKPOINT,
-    TOKENIZED_CORPUS,
     INT8_MODEL,
     MULTITASK_ADAPTER,
     ONNX_MODEL,
     REALTIME_ADAPTER,
+    SOURCE_DOCUMENTS,
+    TOKENIZED_CORPUS,
 )
+from resources import active_env
+from resources.k8s import single_step_executor_for
 
 curate_sources = dg.define_asset_job(
     "curate_sources",
     selection=dg.AssetSelection.assets(SOURCE_DOCUMENTS),
     description="Curate one source (one run per (domain, source) partition; only changed files are re-curated).",
+    executor_def=single_step_executor_for(active_env()),
 )
 curate_corpora = dg.define_asset_job(
     "curate_corpora",
@@ -51,6 +54,7 @@ refresh_realtime_adapter = dg.define_asset_job(
     "refresh_realtime_adapter",
     selection=dg.AssetSelection.assets(REALTIME_ADAPTER),
     description="Train one hour's real-time adapter.",
+    executor_def=single_step_executor_for(active_env()),
 )
 
 # The main job's order: (job, what its runs are partitioned by)

@@ -24,7 +24,8 @@ import time
 import dagster as dg
 
 from ossa_assets.corpora.partitions import source_partitions
-from ossa_assets.keys import REALTIME_ADAPTER, SOURCE_DOCUMENTS
+from ossa_assets.jobs import curate_sources, refresh_realtime_adapter
+from ossa_assets.keys import SOURCE_DOCUMENTS
 from ossa_assets.lora.chain import latest_hours, stale_hours
 from ossa_assets.lora.partitions import hourly_partitions
 from resources.corpus import CorpusSources
@@ -81,7 +82,7 @@ def evaluate_new_documents(
         partition = str(dg.MultiPartitionKey({"domain": domain, "source": source}))
         requests.append(dg.RunRequest(
             run_key=f"new-docs:{source}:{seen[source]:.6f}",
-            asset_selection=[SOURCE_DOCUMENTS],
+            job_name=curate_sources.name,
             partition_key=partition,
             tags={"ossa/trigger": "new_documents"},
         ))
@@ -101,7 +102,7 @@ def evaluate_new_documents(
         if done:
             requests.append(dg.RunRequest(
                 run_key=f"realtime:{hour}:{entry['since']:.6f}",
-                asset_selection=[REALTIME_ADAPTER],
+                job_name=refresh_realtime_adapter.name,
                 partition_key=hour,
                 tags={"ossa/trigger": "new_documents"},
             ))
@@ -114,7 +115,7 @@ def evaluate_new_documents(
         hours = latest_hours(instance)
         requests.append(dg.RunRequest(
             run_key=f"restale:{stale[0]}:{hours[stale[0]][1]}",
-            asset_selection=[REALTIME_ADAPTER],
+            job_name=refresh_realtime_adapter.name,
             partition_key=stale[0],
             tags={"ossa/trigger": "stale_warm_start"},
         ))
@@ -125,9 +126,9 @@ def evaluate_new_documents(
 
 @dg.sensor(
     name="new_documents_sensor",
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=[SOURCE_DOCUMENTS, REALTIME_ADAPTER],
+    jobs=[curate_sources, refresh_realtime_adapter],
     description="New files in a source -> curate that source -> train that hour's real-time adapter.",
 )
 def new_documents_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSources, store: ArtifactStore):

@@ -8,7 +8,7 @@ import time
 
 import dagster as dg
 
-from ossa_assets.keys import REALTIME_ADAPTER, SOURCE_DOCUMENTS
+from ossa_assets.keys import REALTIME_ADAPTER
 from tests.conftest import copy_sample, curate_all, tiny_resources
 
 UTC = dt.timezone.utc
@@ -48,7 +48,7 @@ def test_new_documents_sensor_requests_curation_then_the_hour(tmp_path, data_roo
     # through the real sensor definition, with its resources
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     result = new_documents_sensor(ctx)
-    assert [(r.partition_key, r.asset_selection) for r in result.run_requests] == [(partition, [SOURCE_DOCUMENTS])]
+    assert [(r.partition_key, r.job_name) for r in result.run_requests] == [(partition, "curate_sources")]
     cursor = ctx.cursor
     assert hour in json.loads(cursor)["pending"]
 
@@ -59,7 +59,7 @@ def test_new_documents_sensor_requests_curation_then_the_hour(tmp_path, data_roo
     assert dg.materialize([source_documents], partition_key=partition, resources=resources,
                           instance=instance).success
     requests, cursor, _ = evaluate_new_documents(instance, resources["corpus"], cursor, cache)
-    assert [(r.partition_key, r.asset_selection) for r in requests] == [(hour, [REALTIME_ADAPTER])]
+    assert [(r.partition_key, r.job_name) for r in requests] == [(hour, "refresh_realtime_adapter")]
     assert requests[0].run_key.startswith(f"realtime:{hour}:")
     # requested once
     requests, cursor, _ = evaluate_new_documents(instance, resources["corpus"], cursor, cache)

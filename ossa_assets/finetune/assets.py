@@ -23,8 +23,8 @@ from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT, TOKE
 from ossa_assets.lib import finetune as lib
 from ossa_assets.lib import train_job
 from ossa_assets.lib.artifacts import Artifact, publish_dir, publish_versioned, sha256_json, staging_dir
-from ossa_assets.lib.train_job import TrainJobSpec
 from ossa_assets.lib.curation import corpus as corpora_lib
+from ossa_assets.lib.train_job import TrainJobSpec
 from ossa_assets.lib.training import TrainSettings
 from resources import GPU_POOL, gpu_pod_tags
 from resources.mlflow import MlflowResource
