@@ -60,7 +60,12 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             return
         if not isinstance(obj, Artifact):
             raise TypeError(f"{context.asset_key.to_user_string()}: assets here return Artifact, got {type(obj)}")
-        partition = context.partition_key if context.has_partition_key else None
+        partition = None
+        if context.has_asset_partitions:
+            keys = list(context.asset_partition_keys)
+            if len(keys) != 1:
+                raise ValueError(f"{context.asset_key.to_user_string()}: one partition per run, got {len(keys)}")
+            partition = keys[0]
         atomic_write_text(self._manifest(context.asset_key, partition), obj.to_json())
 
     def _load_one(self, key: dg.AssetKey, partition: str | None) -> Artifact:

@@ -25,7 +25,7 @@ import dagster as dg
 
 from ossa_assets.corpora.partitions import source_partitions
 from ossa_assets.jobs import curate_sources, refresh_realtime_adapter
-from ossa_assets.keys import SOURCE_DOCUMENTS
+from ossa_assets.keys import REALTIME_ADAPTER, SOURCE_DOCUMENTS
 from ossa_assets.lora.chain import latest_hours, stale_hours
 from ossa_assets.lora.partitions import hourly_partitions
 from resources.corpus import CorpusSources
@@ -43,6 +43,14 @@ def _latest_curation(instance: dg.DagsterInstance, partition: str) -> float:
         dg.AssetRecordsFilter(asset_key=SOURCE_DOCUMENTS, asset_partitions=[partition]), limit=1
     ).records
     return records[0].timestamp if records else 0.0
+
+
+def _adapter_runs_in_flight(instance: dg.DagsterInstance) -> bool:
+    """A backfill or refresh of the adapter is running: it is rebuilding the chain already."""
+    from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+    runs = instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)), limit=100)
+    return any(REALTIME_ADAPTER in (r.asset_selection or ()) for r in runs)
 
 
 def _scan(corpus: CorpusSources, cache_dir) -> dict[str, tuple[str, dict[str, float]]]:
@@ -109,7 +117,7 @@ def evaluate_new_documents(
             pending.pop(hour)
         elif now - entry["since"] > PENDING_TIMEOUT_S:
             pending.pop(hour)
-    stale = stale_hours(instance)
+    stale = stale_hours(instance) if not _adapter_runs_in_flight(instance) else []
     if stale:
         # an earlier hour changed: rebuild the chain from its first stale hour, one hour a tick
         hours = latest_hours(instance)

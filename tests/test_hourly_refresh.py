@@ -90,7 +90,7 @@ def test_hour_chain_and_staleness(tmp_path, data_root):
     mapping = graph.get_partition_mapping(REALTIME_ADAPTER, REALTIME_ADAPTER)
     assert REALTIME_ADAPTER in node.parent_keys
     assert (mapping.start_offset, mapping.end_offset) == (-1, -1)  # hour h reads hour h-1
-    assert node.backfill_policy.max_partitions_per_run == 1  # a backfill runs hour by hour, in order
+    assert node.backfill_policy is None  # a backfill launches one run per hour, tagged with it
 
     # Dagster's staleness stops following a self-dependency beyond 100 partitions (the hourly
     # asset has more): ossa's chain check is what marks later hours stale. Stand-in bodies with

@@ -180,7 +180,6 @@ CHECKPOINT_CHECKS = [
     owners=["team:ml"],
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=8, cpu="32", memory="400Gi"),
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
     check_specs=[gate(name, DOMAIN_CHECKPOINT, why) for name, why in CHECKPOINT_CHECKS],
 )
 def domain_checkpoint(

@@ -34,7 +34,7 @@ from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
 from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.finetune import load_base
 from ossa_assets.lib.training import TrainSettings
-from ossa_assets.lora.chain import WARM_START_VERSION
+from ossa_assets.lora.chain import NO_ADAPTER, WARM_START_VERSION
 from ossa_assets.lora.config import AdapterConfig, RealtimeAdapterConfig
 from ossa_assets.lora.partitions import HOURLY_REFRESH, hourly_partitions
 from resources import GPU_POOL, gpu_pod_tags
@@ -63,7 +63,6 @@ def _texts(corpora: dict[str, Artifact], split: str) -> dict[str, list[str]]:
     owners=["team:ml"],
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=1),
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
     check_specs=[gate("adapter_not_worse_than_checkpoint", MULTITASK_ADAPTER,
                       "On its domain's held-out set the adapter is not worse than the checkpoint alone.")],
 )
@@ -243,7 +242,6 @@ def hour_documents(store: ArtifactStore, corpus: CorpusSources, start: float, en
     owners=["team:ml"],
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=1),
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
 )
 def realtime_adapter(
     context: dg.AssetExecutionContext,
@@ -264,7 +262,7 @@ def realtime_adapter(
             Artifact(
                 kind="Adapter",
                 path=previous.path if previous else "",
-                data_version=previous.data_version if previous else "none",
+                data_version=previous.data_version if previous else NO_ADAPTER,
                 derived_from=derived,
                 meta={"new_documents": 0, "warm_start": previous.lineage_id if previous else None},
             ),

@@ -15,6 +15,7 @@ import dagster as dg
 from ossa_assets.keys import REALTIME_ADAPTER
 
 WARM_START_VERSION = "ossa/warm_start_version"
+NO_ADAPTER = "none"  # the data version of a quiet hour with no earlier adapter to carry forward
 
 
 def latest_hours(instance: dg.DagsterInstance, limit: int = 5000) -> dict[str, tuple[str, str]]:
@@ -40,6 +41,8 @@ def stale_hours(instance: dg.DagsterInstance) -> list[str]:
     broken = False
     for hour in sorted(hours):
         version, warm = hours[hour]
+        if version == NO_ADAPTER:
+            version = ""  # a quiet hour before any adapter existed: its successor starts cold
         if previous is not None and (broken or warm != previous[0]):
             stale.append(hour)
             broken = True  # everything after a stale hour is built on stale weights

@@ -47,7 +47,6 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
     owners=["team:serving"],
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=1),
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
 )
 def onnx_model(
     context: dg.AssetExecutionContext,
@@ -82,7 +81,6 @@ def onnx_model(
     group_name="quantize",
     kinds={"onnx"},
     owners=["team:serving"],
-    backfill_policy=dg.BackfillPolicy.multi_run(1),  # as the rest of its job: one domain per run
     check_specs=[
         gate(
             "int8_top1_agreement",
