@@ -53,8 +53,6 @@ def gpu_pod_tags(
 
 
 def executor_for(env: str):
-    import dagster as dg
-
     if env == "prod":
         from dagster_k8s import k8s_job_executor
 
