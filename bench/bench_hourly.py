@@ -111,8 +111,8 @@ def _phases(instance, t0: float) -> str:
         what = rec.dagster_run.job_name
         created = rec.create_timestamp.timestamp() - t0
         start = (rec.start_time or 0) - t0
-        end = (rec.end_time or 0) - t0
-        out.append(f"{what}: requested +{created:.1f}s, started +{start:.1f}s, ended +{end:.1f}s")
+        end = f"ended +{rec.end_time - t0:.1f}s" if rec.end_time else "still finishing"
+        out.append(f"{what}: requested +{created:.1f}s, started +{start:.1f}s, {end}")
     return "; ".join(out)
 
 
