@@ -23,7 +23,6 @@ import time
 
 import dagster as dg
 
-from ossa_assets.corpora.partitions import source_partitions
 from ossa_assets.jobs import curate_sources, refresh_realtime_adapter
 from ossa_assets.keys import REALTIME_ADAPTER, SOURCE_DOCUMENTS
 from ossa_assets.lora.chain import latest_hours, stale_hours
@@ -148,5 +147,3 @@ def new_documents_sensor(context: dg.SensorEvaluationContext, corpus: CorpusSour
         return dg.SkipReason(summary)
     return dg.SensorResult(run_requests=requests)
 
-
-__all__ = ["new_documents_sensor", "evaluate_new_documents", "source_partitions"]

@@ -9,7 +9,6 @@ GitLab CI / GitHub Actions lint. The curators are the ones that gate the trainin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 # The file name a generation is judged under: the curators dispatch on the suffix and path.
 _GENERATED_NAME = {
@@ -115,6 +114,3 @@ def loss_curve_svg(losses: list[float], title: str, width: int = 480, height: in
         f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{pts}"/></svg>'
     )
 
-
-def summarize(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}

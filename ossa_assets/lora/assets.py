@@ -128,7 +128,7 @@ def multitask_adapter(
                   "checkpoint_version": checkpoint.data_version, "adapter_path": str(final),
                   "checkpoint_path": checkpoint.path, "val_loss": f"{adapter_loss:.6f}"},
         )
-        promotion = _promote(run.client, name, model_version, domain, final, adapter_loss, check.passed,
+        promotion = _promote(run.client, name, model_version, domain, adapter_loss, check.passed,
                              val_texts, config)
         context.log.info(f"{name} v{model_version}: {promotion}")
     return StageResult(
@@ -162,7 +162,7 @@ def multitask_adapter(
     )
 
 
-def _promote(client, name: str, version: str, domain: str, adapter_dir: Path, loss: float,
+def _promote(client, name: str, version: str, domain: str, loss: float,
              checks_passed: bool, val_texts: list[str], config) -> str:
     """challenger always; champion if checks pass and not worse than the champion (lib.promotion)."""
     from ossa_assets.lib.promotion import CHALLENGER, CHAMPION, decide
