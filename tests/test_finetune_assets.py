@@ -107,3 +107,45 @@ def test_mlflow_run_ends_with_the_steps_status(tmp_path, data_root):
     assert runs["fails"].info.status == "FAILED" and runs["succeeds"].info.status == "FINISHED"
     # buffered per-step metrics were flushed before the run ended, failed or not
     assert [m.value for m in client.get_metric_history(runs["fails"].info.run_id, "train_loss")] == [3.0, 2.0, 1.0]
+
+
+def test_adapter_promotion_challenger_and_champion(tmp_path, data_root):
+    """A new adapter is always `challenger`; `champion` only if it passes its checks and is not
+    worse than the champion on the held-out set."""
+    from ossa_assets.corpora.assets import curated_corpus
+    from ossa_assets.finetune.assets import base_model, domain_checkpoint, tokenized_corpus
+    from ossa_assets.lora.assets import multitask_adapter
+
+    corpus = copy_sample(tmp_path / "corpus")
+    resources = tiny_resources(data_root, corpus)
+    instance = dg.DagsterInstance.ephemeral()
+    curate_all(instance, resources)
+    src = [curated_corpus.to_source_asset()]
+    assert dg.materialize([base_model, *src], selection=[base_model], resources=resources, instance=instance).success
+    for asset, deps in ((tokenized_corpus, [base_model]), (domain_checkpoint, [base_model, tokenized_corpus])):
+        assert dg.materialize([asset, *[d.to_source_asset() for d in deps], *src], selection=[asset],
+                              partition_key=DOMAIN, resources=resources, instance=instance).success
+
+    def adapter(**config):
+        res = dg.materialize([multitask_adapter, domain_checkpoint.to_source_asset(), *src],
+                             selection=[multitask_adapter], partition_key=DOMAIN, resources=resources,
+                             instance=instance, raise_on_error=False,
+                             run_config={"ops": {"lora__multitask_adapter": {"config": config}}})
+        md = res.asset_materializations_for_node("lora__multitask_adapter")[0].metadata
+        return md["registered_model"].value.rsplit("v", 1)[1], md["promotion"].value
+
+    client = resources["mlflow"].client()
+    name = f"ossa-{DOMAIN}-adapter"
+    v1, p1 = adapter()
+    assert "champion" in p1 and str(client.get_model_version_by_alias(name, "champion").version) == v1
+    # a diverged adapter fails its blocking check: challenger only, the champion stays
+    v2, p2 = adapter(learning_rate=0.5)
+    assert "challenger: blocking checks failed" in p2
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == v2
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    # a sound one is compared with the champion on the same held-out documents
+    v3, p3 = adapter(seed=1)
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == v3
+    assert p3.startswith(f"v{v3} {'champion' if champion == v3 else 'challenger'}:"), p3
+    assert "held-out loss" in p3 and f"v{v1}" not in p3  # compared with the champion's loss
