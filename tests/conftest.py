@@ -44,7 +44,8 @@ def tiny_resources(data_root: Path, corpus_root: Path) -> dict:
         "corpus": CorpusSources(config_path=str(DEFAULT_SOURCES), corpus_root=str(corpus_root)),
         "io_manager": ArtifactIOManager(root=str(data_root)),
         "store": ArtifactStore(root=str(data_root)),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}"),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}",
+                                 artifact_root=str(data_root / "mlflow-artifacts")),
         "qdrant": QdrantResource(path=str(data_root / "qdrant")),
     }
 

@@ -85,7 +85,8 @@ def test_killed_step_resumes_when_rematerialized(tmp_path, data_root):
 
 
 def test_mlflow_run_ends_with_the_steps_status(tmp_path, data_root):
-    mlflow = MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}")
+    mlflow = MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}",
+                            artifact_root=str(data_root / "mlflow-artifacts"))
 
     @dg.asset
     def fails(context, mlflow: MlflowResource):
