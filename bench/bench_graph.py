@@ -2,7 +2,7 @@
 
 Two measurements in one run, on the same corpus and the active profile (tiny by default):
   bare   the stage library calls in one process, in the graph's order (curate -> base ->
-         finetune -> adapter -> merge/export/quantize -> embed/index), no Dagster
+         embeddings -> finetune -> adapter -> merge/export/quantize), no Dagster
   graph  `ossa materialize` in a fresh instance: persistent SQLite instance, multiprocess
          executor, gpu pool, MLflow tracking, lineage sync
 and prints wall times, per-job times and the ratio graph/bare. Repeat with --repeat N for
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,9 +37,10 @@ DOMAIN_DIRS = {"api_spec": "openapi", "industrial_protocol": "opcua", "devops_wo
 def bare(corpus: Path, work: Path) -> dict[str, float]:
     """The graph's computations as plain function calls (the orchestration-free baseline)."""
     from ossa_assets.corpora.config import CuratedCorpusConfig, SourceCurationConfig
-    from ossa_assets.embeddings.config import DocumentIndexConfig
+    from ossa_assets.embeddings.assets import index_records, recall_queries
+    from ossa_assets.embeddings.config import EmbeddingModelConfig, VectorIndexConfig
     from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig, TokenizeConfig
-    from ossa_assets.lib import embeddings, finetune, lora, onnx_export, onnx_runtime
+    from ossa_assets.lib import embedding_models, embeddings, finetune, lora, onnx_export, onnx_runtime
     from ossa_assets.lib.curation import corpus as corpus_lib
     from ossa_assets.lib.curation import pipeline
     from ossa_assets.lib.curation.common import Limits
@@ -74,14 +76,33 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
                         tokenizer_max_chars=bc.tokenizer_max_chars, seed=bc.seed)
     times["base_model"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    ic = DocumentIndexConfig()
-    docs = [{**d.__dict__, "data_version": "bench"} for r in curated.values() for d in r.documents]
-    client = embeddings.open_qdrant(path=str(_fresh(work / "qdrant")))
-    embedder = embeddings.load_embedder(None, ic.max_seq_length)
-    embeddings.index_documents(client, embedder, "bench", docs, "bench", ic.batch_size)
-    client.close()
-    times["document_index"] = time.perf_counter() - t
+    # embeddings: pairs -> model -> eval vs base -> index + recall, per model (index_records and
+    # recall_queries are the asset module's own plain functions)
+    ec, vc = EmbeddingModelConfig(), VectorIndexConfig()
+    corpora = {d: SimpleNamespace(path=str(work / "corpus" / d), data_version="bench") for d in curated}
+    units = {s: [u for d in curated for u in corpus_lib.load_units(work / "corpus" / d, s)]
+             for s in ("train", "validation", "test")}
+    for kind in embedding_models.KINDS:
+        t = time.perf_counter()
+        train = embedding_models.mine_pairs(kind, units["train"])
+        heldout = embedding_models.mine_pairs(kind, units["validation"] + units["test"])
+        model_dir = _fresh(work / "emb" / kind)
+        embedding_models.train_embedding_model(
+            kind, embeddings.packaged_minilm_path(), train, model_dir / "m",
+            embedding_models.EmbedTrainSettings(ec.max_seq_length, ec.batch_size, ec.learning_rate, ec.max_steps,
+                                                ec.epochs, ec.warmup_ratio, ec.seed), model_dir / "work")
+        model = embeddings.load_embedder(str(model_dir / "m"), ec.max_seq_length)
+        k = embedding_models.KINDS[kind]
+        embedding_models.evaluate_retrieval(model, heldout, k.matryoshka_dims)
+        embedding_models.evaluate_retrieval(embeddings.load_embedder(None, ec.max_seq_length), heldout, (None,))
+        records = index_records(kind, corpora)
+        client = embeddings.open_qdrant(path=str(_fresh(work / "qdrant" / kind)))
+        embeddings.sync_collection(client, model, kind, records, "bench", batch_size=vc.batch_size)
+        embeddings.collection_recall(client, model, kind, recall_queries(kind, heldout, records, "bench",
+                                                                          vc.recall_queries))
+        embeddings.point_alias(client, k.alias, kind)
+        client.close()
+        times[f"embeddings[{kind}]"] = time.perf_counter() - t
 
     fc, tc, ac, qc = FinetuneConfig(), TokenizeConfig(), AdapterConfig(), QuantizeConfig()
     train = {d: [x.text for x in r.documents if r.splits[x.doc_id] == "train"] for d, r in curated.items()}

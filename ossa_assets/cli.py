@@ -50,6 +50,10 @@ def build_foundations_job():
     return _job("build_foundations")
 
 
+def build_embeddings_job():
+    return _job("build_embeddings")
+
+
 def train_domain_models_job():
     return _job("train_domain_models")
 
@@ -66,6 +70,7 @@ _JOB_POINTERS = {
     "curate_sources": curate_sources_job,
     "curate_corpora": curate_corpora_job,
     "build_foundations": build_foundations_job,
+    "build_embeddings": build_embeddings_job,
     "train_domain_models": train_domain_models_job,
     "deploy": deploy_job,
     "refresh_realtime_adapter": refresh_realtime_adapter_job,
@@ -119,6 +124,10 @@ def _partition_keys(instance, partitioned_by: str | None) -> list[str | None]:
         return list(domain_partitions.get_partition_keys())
     if partitioned_by == "hour":
         return [hourly_partitions.get_last_partition_key()]
+    if partitioned_by == "embedding_model":
+        from ossa_assets.embeddings.partitions import embedding_partitions
+
+        return list(embedding_partitions.get_partition_keys())
     return [None]
 
 
@@ -305,6 +314,8 @@ def smoke_test(log=print) -> tuple[int, int]:
             probes: list[tuple[str, str, Any]] = [("GET", "/health", None), ("GET", "/v1/models", None)]
             probes += [("POST", r, {"prompt": "openapi: 3.0.0\ninfo:", "max_new_tokens": 8}) for r in ROUTES]
             probes.append(("POST", "/v1/search", {"query": "list pets by tag", "limit": 3}))
+            probes.append(("POST", "/v1/search", {"query": "run the unit tests", "index": "capability", "limit": 3}))
+            probes.append(("POST", "/v1/search", {"query": "paths: get: responses", "index": "code", "limit": 3}))
             for method, path, body in probes:
                 total += 1
                 r = client.request(method, path, json=body)

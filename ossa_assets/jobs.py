@@ -10,14 +10,17 @@ from ossa_assets.keys import (
     BASE_MODEL,
     CURATED_CORPUS,
     DEPLOYMENT,
-    DOCUMENT_INDEX,
     DOMAIN_CHECKPOINT,
+    EMBEDDING_EVAL,
+    EMBEDDING_MODEL,
+    EMBEDDING_PAIRS,
     INT8_MODEL,
     MULTITASK_ADAPTER,
     ONNX_MODEL,
     REALTIME_ADAPTER,
     SOURCE_DOCUMENTS,
     TOKENIZED_CORPUS,
+    VECTOR_INDEX,
 )
 from resources import active_env
 from resources.k8s import single_step_executor_for
@@ -35,8 +38,19 @@ curate_corpora = dg.define_asset_job(
 )
 build_foundations = dg.define_asset_job(
     "build_foundations",
-    selection=dg.AssetSelection.assets(BASE_MODEL, DOCUMENT_INDEX),
-    description="The base model and the document index, from all curated corpora.",
+    selection=dg.AssetSelection.assets(BASE_MODEL),
+    description="The base model (and its tokenizer), from all curated corpora.",
+)
+build_embeddings = dg.define_asset_job(
+    "build_embeddings",
+    selection=dg.AssetSelection.assets(EMBEDDING_PAIRS, EMBEDDING_MODEL, EMBEDDING_EVAL, VECTOR_INDEX),
+    description="Mine pairs, train, evaluate and index one embedding model (one run per model partition).",
+)
+refresh_vector_indexes = dg.define_asset_job(
+    "refresh_vector_indexes",
+    selection=dg.AssetSelection.assets(VECTOR_INDEX),
+    description="Bring a model's live collection in step with the curated corpora using the current "
+    "model: embeds only new or changed documents, deletes withdrawn ones (no retraining).",
 )
 train_domain_models = dg.define_asset_job(
     "train_domain_models",
@@ -62,9 +76,10 @@ PIPELINE = [
     (curate_sources, "source"),
     (curate_corpora, "domain"),
     (build_foundations, None),
+    (build_embeddings, "embedding_model"),
     (train_domain_models, "domain"),
     (deploy, None),
     (refresh_realtime_adapter, "hour"),
 ]
 
-ALL_JOBS = [job for job, _ in PIPELINE]
+ALL_JOBS = [job for job, _ in PIPELINE] + [refresh_vector_indexes]

@@ -106,7 +106,7 @@ def test_whole_graph_materializes(pipeline):
     out = pipeline.proc.stdout + pipeline.proc.stderr
     assert pipeline.proc.returncode == 0, out[-6000:]
     last = pipeline.proc.stdout.strip().splitlines()[-1]
-    assert last == "materialized 25/25 assets, checks 28/28 passed", out[-3000:]
+    assert last == "materialized 36/36 assets, checks 33/33 passed", out[-3000:]
 
 
 def test_fine_tuning_lowered_validation_loss(in_env):
@@ -151,21 +151,26 @@ def test_adapter_loads_with_peft(in_env):
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
-def test_qdrant_search_finds_a_document(in_env):
+def test_embedding_models_beat_their_base_and_indexes_are_live(in_env):
     import dagster as dg
 
     from ossa_assets.lib import embeddings
     from ossa_assets.lib.curation import corpus as corpora
 
     instance = dg.DagsterInstance.get()
-    md = _md(_latest(instance, ["embeddings", "document_index"]))
+    for kind, dim in (("code", 768), ("docs", 1536), ("capability", 512)):
+        ev = _md(_latest(instance, ["embeddings", "embedding_eval"], kind))
+        assert ev["recall_at_10"] >= ev["base_recall_at_10"] and ev["mrr"] >= ev["base_mrr"], (kind, ev)
+        idx = _md(_latest(instance, ["embeddings", "vector_index"], kind))
+        assert idx["dimension"] == dim and idx["alias"] == f"{kind}-live -> {idx['collection']}"
+    md = _md(_latest(instance, ["embeddings", "vector_index"], "docs"))
     corpus = _md(_latest(instance, ["corpora", "curated_corpus"], "industrial_protocol"))["ossa/path"]
     doc = corpora.load_split_texts(corpus, "train")[0]
     client = embeddings.open_qdrant(path=str(Path(in_env.env["OSSA_DATA_ROOT"]) / "qdrant"))
     try:
-        hits = embeddings.search(
-            client, embeddings.load_embedder(None, 128), "docs-live", embeddings.embedding_text(doc["text"]), limit=3
-        )
+        meta = embeddings.collection_metadata(client, "docs-live")
+        embedder = embeddings.load_embedder(meta["model_path"], meta["max_seq_length"])
+        hits = embeddings.search(client, embedder, "docs-live", embeddings.embedding_text(doc["text"]), limit=3)
         assert hits[0]["doc_id"] == doc["doc_id"]
         assert hits[0]["domain"] == "industrial_protocol"
         assert client.count(md["collection"]).count == md["points"]
@@ -238,7 +243,18 @@ def test_endpoints_answer_over_http(server):
             assert again["cached"] and again["completion"] == body["completion"]
         hits = c.post("/v1/search", json={"query": "OPC UA NodeSet variable", "limit": 3, "domain": "industrial_protocol"})
         assert hits.status_code == 200 and 1 <= len(hits.json()["hits"]) <= 3
-        assert all(h["domain"] == "industrial_protocol" for h in hits.json()["hits"])
+        body = hits.json()
+        assert all(h["domain"] == "industrial_protocol" for h in body["hits"])
+        assert body["index"] == "docs" and body["collection"] == models["search"]["docs"]["collection"]
+        assert body["lineage_id"] == models["search"]["docs"]["lineage_id"]
+        assert body["lineage_id"].startswith("embeddings/vector_index[docs]@")
+        # agent capability discovery: operations, methods and jobs, filtered by domain
+        cap = c.post("/v1/search", json={"query": "run the unit tests", "index": "capability",
+                                         "domain": "devops_workflow", "limit": 5}).json()
+        assert cap["hits"] and all(h["domain"] == "devops_workflow" for h in cap["hits"])
+        assert cap["collection"].startswith("capability-") and all(h["unit_id"] for h in cap["hits"])
+        code = c.post("/v1/search", json={"query": "paths: get: responses", "index": "code", "limit": 2}).json()
+        assert len(code["hits"]) == 2 and code["model_version"] == models["search"]["code"]["model_version"]
 
 
 @pytest.mark.parametrize(
@@ -250,6 +266,7 @@ def test_endpoints_answer_over_http(server):
         ("POST", "/api-model/v1", {"prompt": "x", "temperature": 2}, 422, "temperature"),
         ("POST", "/api-model/v1", "not json", 422, "invalid"),
         ("POST", "/v1/search", {"query": "x", "limit": 0}, 422, "limit"),
+        ("POST", "/v1/search", {"query": "x", "index": "images"}, 422, "index"),
         ("GET", "/api-model/v1", None, 405, "Method Not Allowed"),
         ("POST", "/nope/v1", {"prompt": "x"}, 404, "Not Found"),
     ],

@@ -7,8 +7,9 @@ idempotent (MERGE by id), so replaying the whole log (`ossa lineage rebuild`) yi
 graph: losing the graph database loses nothing.
 
 Graph model (nodes carry `kind`):
-  Artifact kinds: CorpusVersion, BaseModel, Checkpoint, Adapter, OnnxModel, Engine, Collection,
-  Deployment — (artifact)-[:DERIVED_FROM]->(input artifact)
+  Artifact kinds: CorpusVersion, BaseModel, Checkpoint, Adapter, OnnxModel, Engine, Dataset
+  (embedding pairs), EmbeddingModel, Evaluation, Collection, Deployment
+  — (artifact)-[:DERIVED_FROM]->(input artifact)
   Run (a Dagster run)        — (artifact)-[:PRODUCED_BY]->(run)
   MLflowRun                  — (artifact)-[:TRACKED_IN]->(mlflow run)
   Endpoint (a serving route) — (endpoint)-[:SERVES]->(engine), (deployment)-[:DECLARES]->(endpoint);

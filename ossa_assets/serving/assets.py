@@ -1,8 +1,8 @@
 """Serving stage.
 
-Inputs: every domain's int8 engine and the document index. Output: `serving/deployment`, the
-desired state of the inference server (route -> model version, engine path, lineage id; the
-search collection), written atomically to `<data root>/serving/deployment.json`. A running
+Inputs: every domain's int8 engine and every embedding model's vector index. Output:
+`serving/deployment`, the desired state of the inference server (route -> model version, engine
+path, lineage id; the search indexes and their live aliases), written atomically to `<data root>/serving/deployment.json`. A running
 `ossa serve` process notices the new file on its next request and swaps engines without a
 restart.
 """
@@ -15,7 +15,7 @@ import json
 import dagster as dg
 
 from ossa_assets.artifact_asset import StageResult, artifact_asset
-from ossa_assets.keys import DEPLOYMENT, DOCUMENT_INDEX, INT8_MODEL
+from ossa_assets.keys import DEPLOYMENT, INT8_MODEL, VECTOR_INDEX
 from ossa_assets.lib.artifacts import Artifact, atomic_write_text, lineage_id_for, sha256_json
 from ossa_assets.serving.server import ROUTES
 from resources.qdrant import QdrantResource
@@ -29,7 +29,8 @@ def deployment_state_path(store: ArtifactStore):
 @artifact_asset(
     kind="Deployment",
     key=DEPLOYMENT,
-    ins={"engines": dg.AssetIn(INT8_MODEL), "index": dg.AssetIn(DOCUMENT_INDEX)},
+    ins={"engines": dg.AssetIn(INT8_MODEL),
+         "indexes": dg.AssetIn(VECTOR_INDEX, partition_mapping=dg.AllPartitionMapping())},
     group_name="serving",
     kinds={"fastapi", "onnx"},
     owners=["team:serving"],
@@ -39,7 +40,7 @@ def deployment(
     store: ArtifactStore,
     qdrant: QdrantResource,
     engines: dict,
-    index: Artifact,
+    indexes: dict,
 ) -> StageResult:
     """The inference server's desired state: which engine serves each route, and the search index."""
     by_domain: dict[str, Artifact] = engines
@@ -57,14 +58,20 @@ def deployment(
         }
         for route, domain in ROUTES.items()
     }
+    # the search route reads each model's live alias; the collection behind it names the model
+    # that must embed the query (a later blue/green move needs no new deployment)
     search = {
-        "collection": index.meta.get("alias") or index.meta["collection"],
         "url": qdrant.url,
         "path": qdrant.path,
-        # the search route must embed queries with the model that embedded the documents
-        "embedding_model_path": index.meta.get("model_path"),
-        "max_seq_length": index.meta.get("max_seq_length"),
-        "lineage_id": index.lineage_id,
+        "indexes": {
+            kind: {
+                "alias": art.meta.get("alias"),
+                "collection": art.meta["collection"],
+                "model_version": art.meta.get("model_version"),
+                "lineage_id": art.lineage_id,
+            }
+            for kind, art in sorted(indexes.items())
+        },
     }
     version = sha256_json({"routes": routes, "search": search})
     state = {
@@ -86,7 +93,7 @@ def deployment(
         ),
         metadata={
             "routes": dg.JsonMetadataValue({r: s["model_version"] for r, s in routes.items()}),
-            "search_collection": search["collection"],
+            "search": dg.JsonMetadataValue({k: v["alias"] or v["collection"] for k, v in search["indexes"].items()}),
             "state_file": dg.PathMetadataValue(str(path)),
         },
     )

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,8 +50,11 @@ class SearchRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     limit: int = Field(default=5, ge=1, le=50)
-    domain: Optional[str] = None
-    source: Optional[str] = None
+    index: Literal["docs", "code", "capability"] = Field(
+        default="docs", description="docs: every curated document; code: specs, NodeSets, pipelines; "
+        "capability: operations, OPC UA methods and CI jobs an agent can call.")
+    domain: Optional[str] = Field(default=None, max_length=100)
+    source: Optional[str] = Field(default=None, max_length=200)
 
 
 class ApiError(Exception):
@@ -132,33 +135,51 @@ class DeploymentWatcher:
 
 
 class SearchBackend:
-    """Qdrant search with the embedder the index was built with (loaded on first use)."""
+    """Qdrant search through each model's live alias, embedding the query with the model the
+    alias's collection was built with (its metadata names it; loaded once per model)."""
 
     def __init__(self, watcher: DeploymentWatcher):
         self.watcher = watcher
-        self._embedder = None
-        self._embedder_path: str | None = "unset"
+        self._embedders: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def search(self, req: SearchRequest) -> list[dict[str, Any]]:
+    def _embedder(self, meta: dict[str, Any]):
         from ossa_assets.lib import embeddings
 
-        spec = self.watcher.state.get("search")
-        if not spec:
-            raise ApiError(503, "no search index deployed yet: materialize serving/deployment")
+        path = meta.get("model_path")
+        if path not in self._embedders:
+            self._embedders[path] = embeddings.load_embedder(path, meta.get("max_seq_length"))
+        return self._embedders[path]
+
+    def search(self, req: SearchRequest) -> dict[str, Any]:
+        from ossa_assets.lib import embeddings
+
+        spec = self.watcher.state.get("search") or {}
+        index = (spec.get("indexes") or {}).get(req.index)
+        if not index:
+            raise ApiError(503, f"no {req.index} index deployed yet: materialize serving/deployment")
+        name = index.get("alias") or index["collection"]
         with self._lock:
-            if self._embedder is None or self._embedder_path != spec.get("embedding_model_path"):
-                self._embedder = embeddings.load_embedder(
-                    spec.get("embedding_model_path"), spec.get("max_seq_length")
-                )
-                self._embedder_path = spec.get("embedding_model_path")
             client = _open_qdrant_retrying(spec)
             try:
-                return embeddings.search(
-                    client, self._embedder, spec["collection"], req.query, req.limit, req.domain, req.source
-                )
+                collection = embeddings.alias_target(client, name) or name
+                if not client.collection_exists(collection):
+                    raise ApiError(503, f"the {req.index} index ({name}) is not in Qdrant: re-materialize "
+                                        "embeddings/vector_index")
+                meta = embeddings.collection_metadata(client, collection)
+                hits = embeddings.search(client, self._embedder(meta), collection, req.query, req.limit,
+                                         req.domain, req.source)
             finally:
                 client.close()
+        return {
+            "index": req.index,
+            "collection": collection,
+            "model_version": meta.get("model_version"),
+            # the deployed index's lineage id while its collection is the live one; after a
+            # later alias move, the embedding model's (the collection records it)
+            "lineage_id": index["lineage_id"] if collection == index["collection"] else meta.get("model_lineage_id"),
+            "hits": hits,
+        }
 
 
 def _open_qdrant_retrying(spec: dict[str, Any], timeout_s: float = 10.0):
@@ -245,7 +266,7 @@ def create_app(state_path: str | Path, cache_url: str | None = None) -> FastAPI:
 
     @app.post("/v1/search")
     def search(req: SearchRequest) -> dict[str, Any]:
-        return {"hits": searcher.search(req)}
+        return searcher.search(req)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -265,7 +286,8 @@ def create_app(state_path: str | Path, cache_url: str | None = None) -> FastAPI:
                 for r in sorted(watcher.routes.values(), key=lambda r: r.route)
             ],
             "search": {
-                k: v for k, v in (state.get("search") or {}).items() if k in ("collection", "lineage_id")
+                kind: {k: v for k, v in idx.items() if k in ("alias", "collection", "model_version", "lineage_id")}
+                for kind, idx in ((state.get("search") or {}).get("indexes") or {}).items()
             },
         }
 
