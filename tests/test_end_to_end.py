@@ -165,13 +165,14 @@ def test_embedding_models_beat_their_base_and_indexes_are_live(in_env):
         assert idx["dimension"] == dim and idx["alias"] == f"{kind}-live -> {idx['collection']}"
     md = _md(_latest(instance, ["embeddings", "vector_index"], "docs"))
     corpus = _md(_latest(instance, ["corpora", "curated_corpus"], "industrial_protocol"))["ossa/path"]
-    doc = corpora.load_split_texts(corpus, "train")[0]
+    unit = corpora.load_units(corpus, "train")[0]
     client = embeddings.open_qdrant(path=str(Path(in_env.env["OSSA_DATA_ROOT"]) / "qdrant"))
     try:
         meta = embeddings.collection_metadata(client, "docs-live")
         embedder = embeddings.load_embedder(meta["model_path"], meta["max_seq_length"])
-        hits = embeddings.search(client, embedder, "docs-live", embeddings.embedding_text(doc["text"]), limit=3)
-        assert hits[0]["doc_id"] == doc["doc_id"]
+        text = embeddings.embedding_text(f"{unit['title']}\n{unit['text']}")
+        hits = embeddings.search(client, embedder, "docs-live", text, limit=3)
+        assert hits[0]["unit_id"] == unit["unit_id"] and hits[0]["doc_id"] == unit["doc_id"]
         assert hits[0]["domain"] == "industrial_protocol"
         assert client.count(md["collection"]).count == md["points"]
     finally:

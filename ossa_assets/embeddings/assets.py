@@ -9,9 +9,10 @@
   with MultipleNegativesRankingLoss inside MatryoshkaLoss; tracked and registered in MLflow.
 - `embedding_eval`: recall@10 and MRR on the held-out pairs, trained vs base, per Matryoshka
   prefix; blocking check: not worse than the base. A model that fails it never reaches an index.
-- `vector_index`: one Qdrant collection per model version (`<model>-<version>`), point ids from
-  (content hash, model version); only new or changed texts are embedded, withdrawn documents are
-  deleted; a recall check runs against the collection and only then does the alias
+- `vector_index`: one Qdrant collection per model version (`<model>-<version>`), one point per
+  unit of a curated document (section, operation, schema, node, job; capability: a card), point
+  ids from (content hash, model version); only new or changed texts are embedded, the points of
+  withdrawn documents are deleted; a recall check runs against the collection and only then does the alias
   (`docs-live`, `code-live`, `capability-live`) move to it, in one atomic request.
 """
 
@@ -249,26 +250,49 @@ def embedding_eval(
     )
 
 
+CODE_UNITS = ("operation", "schema", "node", "job")
+
+
 def index_records(kind: str, corpora: dict) -> list:
-    """What a model's collection holds: documents (code: the non-prose ones) or capability cards."""
+    """What a model's collection holds, one point per retrievable unit of the curated corpora:
+
+    - docs: every unit (section, operation, schema, node, job), its title and text;
+    - code: the structural units (operations, schemas, nodes, jobs);
+    - capability: one card per operation, OPC UA method and CI job.
+    A document without units (a format the curators do not split) is one point of its own. Units,
+    not whole documents: an encoder reads max_seq_length tokens, so a 13 MB NodeSet embedded whole
+    would be its first page (measured: held-out headings found their whole document in the top 10
+    for 17 % of queries, vs their unit for most).
+    """
     from ossa_assets.lib.embeddings import IndexRecord, embedding_text
 
     records = []
     for domain, art in sorted(corpora.items()):
-        splits = ("train", *HELDOUT_SPLITS)
-        if kind == "capability":
-            for split in splits:
-                for c in em.capability_cards(corpora_lib.load_units(art.path, split)):
+        for split in ("train", *HELDOUT_SPLITS):
+            units = corpora_lib.load_units(art.path, split)
+            if kind == "capability":
+                for c in em.capability_cards(units):
                     records.append(IndexRecord(text=c.pop("text"), payload={**c, "data_version": art.data_version}))
-            continue
-        for split in splits:
+                continue
+            with_units = set()
+            for u in units:
+                with_units.add(u["doc_id"])
+                if kind == "code" and u["unit_type"] not in CODE_UNITS:
+                    continue
+                records.append(IndexRecord(
+                    text=embedding_text(f"{u['title']}\n{u['text']}"),
+                    payload={"doc_id": u["doc_id"], "unit_id": u["unit_id"], "unit_type": u["unit_type"],
+                             "title": u["title"], "domain": domain, "source": u["source"], "path": u["path"],
+                             "data_version": art.data_version},
+                ))
             for d in corpora_lib.load_split_texts(art.path, split):
-                if kind == "code" and d["format"] == "prose":
+                if d["doc_id"] in with_units or (kind == "code" and d["format"] == "prose"):
                     continue
                 records.append(IndexRecord(
                     text=embedding_text(d["text"]),
-                    payload={"doc_id": d["doc_id"], "domain": domain, "source": d["source"], "path": d["path"],
-                             "format": d["format"], "data_version": art.data_version},
+                    payload={"doc_id": d["doc_id"], "unit_id": f"{d['doc_id']}:doc", "unit_type": "document",
+                             "title": d["path"], "domain": domain, "source": d["source"], "path": d["path"],
+                             "data_version": art.data_version},
                 ))
     return records
 
@@ -286,14 +310,13 @@ def _live_recall(client, live: str, kind: str, pairs: Artifact, records: list, c
 
 
 def recall_queries(kind: str, heldout: list[dict], records: list, model_ver: str, limit: int) -> list[tuple[str, str]]:
-    """(anchor, expected point id): the anchor's document (code, docs) or its card (capability)."""
+    """(held-out anchor, the point id of its unit) for the units the collection holds."""
     from ossa_assets.lib.embeddings import point_id
 
-    field = "unit_id" if kind == "capability" else "doc_id"
     target = {}
     for r in records:
-        target.setdefault(r.payload[field], point_id(r.key, model_ver))
-    qs = [(p["anchor"], target[p[field]]) for p in heldout if p[field] in target]
+        target.setdefault(r.payload["unit_id"], point_id(r.key, model_ver))
+    qs = [(p["anchor"], target[p["unit_id"]]) for p in heldout if p["unit_id"] in target]
     return qs[:limit] if limit else qs
 
 
@@ -307,7 +330,7 @@ def recall_queries(kind: str, heldout: list[dict], records: list, model_ver: str
     kinds={"qdrant"},
     owners=["team:search"],
     check_specs=[gate("live_collection_recall", VECTOR_INDEX,
-                      "Held-out anchors find their document in the new collection's top 10; "
+                      "Held-out anchors find their unit in the new collection's top 10; "
                       "else the live alias stays where it was.")],
 )
 def vector_index(

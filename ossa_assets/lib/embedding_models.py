@@ -85,10 +85,22 @@ def _node_fields(text: str) -> dict[str, str]:
     return {k: v.strip() for k, v in _NODE_LINE.findall(text)}
 
 
+def _names(v: Any) -> str:
+    """A comma list from what curators record: strings, or lists/dicts of them (a GitLab `needs:`
+    entry can be {job: x, artifacts: true}, a matrix job a list)."""
+    if v is None or v == "":
+        return ""
+    if isinstance(v, dict):
+        return str(v.get("job") or v.get("name") or json.dumps(v, sort_keys=True))
+    if isinstance(v, (list, tuple)):
+        return ", ".join(x for x in (_names(i) for i in v) if x)
+    return str(v)
+
+
 def operation_card(m: dict[str, Any]) -> str:
-    params = ", ".join(m.get("parameters") or []) or "none"
-    schemas = ", ".join(m.get("schemas") or []) or "none"
-    tags = ", ".join(m.get("tags") or [])
+    params = _names(m.get("parameters")) or "none"
+    schemas = _names(m.get("schemas")) or "none"
+    tags = _names(m.get("tags"))
     card = (f"HTTP operation {str(m.get('method', '')).upper()} {m.get('path', '')}; "
             f"operationId {m.get('operation_id') or '-'}; parameters: {params}; schemas: {schemas}")
     return card + (f"; tags: {tags}" if tags else "")
@@ -96,16 +108,22 @@ def operation_card(m: dict[str, Any]) -> str:
 
 def method_card(text: str, m: dict[str, Any]) -> str:
     f = _node_fields(text)
-    return (f"OPC UA method {m.get('browse_name') or f.get('BrowseName', '')}; parent: {f.get('Parent', '-')}; "
+    return (f"OPC UA method {_names(m.get('browse_name')) or f.get('BrowseName', '')}; parent: {f.get('Parent', '-')}; "
             f"namespace: {f.get('Namespace', '-')}")
 
 
 def job_card(text: str, m: dict[str, Any]) -> str:
-    runner = m.get("runs_on") or m.get("image") or "-"
-    bits = [f"CI job; stage: {m.get('stage') or '-'}; runs on: {runner}",
-            f"uses: {', '.join(m.get('uses') or []) or '-'}", f"needs: {', '.join(m.get('needs') or []) or '-'}"]
+    runner = _names(m.get("runs_on")) or _names(m.get("image")) or "-"
+    bits = [f"CI job; stage: {_names(m.get('stage')) or '-'}; runs on: {runner}",
+            f"uses: {_names(m.get('uses')) or '-'}", f"needs: {_names(m.get('needs')) or '-'}"]
     # the commands it runs say what it does; the job's name is the anchor, so it is cut out
     return "; ".join(bits) + "\n" + text
+
+
+def _unnamed_operation(u: dict[str, Any], m: dict[str, Any]) -> bool:
+    """An operation without a summary is titled "METHOD /path": as an anchor that is the card's
+    own words, and cut out of the card it leaves nothing."""
+    return u["unit_type"] == "operation" and not (m.get("summary") or "").strip()
 
 
 def _capability(u: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -125,7 +143,7 @@ def _pairs_for_unit(kind: str, u: dict[str, Any]) -> Iterable[tuple[str, str, st
     t, title, text = u["unit_type"], (u.get("title") or "").strip(), u.get("text") or ""
     if len(title) < MIN_ANCHOR_CHARS or not text.strip():
         return
-    if kind == "code" and t in ("operation", "schema", "node", "job"):
+    if kind == "code" and t in ("operation", "schema", "node", "job") and not _unnamed_operation(u, _meta(u)):
         yield t, title, strip_anchor(text, title)
     elif kind == "docs":
         if t == "section":
@@ -136,7 +154,7 @@ def _pairs_for_unit(kind: str, u: dict[str, Any]) -> Iterable[tuple[str, str, st
                 yield "node_description", desc, strip_anchor(text, desc)
     elif kind == "capability":
         cap = _capability(u)
-        if cap:
+        if cap and not _unnamed_operation(u, _meta(u)):
             yield cap[0], cap[1], strip_anchor(cap[2], cap[1])
 
 

@@ -16,8 +16,13 @@ OPERATION = {
     "domain": "api_spec", "source": "openapi",
     "text": "/pet/findByStatus:\n  get:\n    summary: Finds Pets by status\n    operationId: findPetsByStatus\n",
     "meta": json.dumps({"method": "get", "path": "/pet/findByStatus", "operation_id": "findPetsByStatus",
-                       "parameters": ["status"], "schemas": ["Pet"], "tags": ["pet"]}),
+                       "summary": "Finds Pets by status", "parameters": ["status"], "schemas": ["Pet"],
+                       "tags": ["pet"]}),
 }
+UNNAMED = {**OPERATION, "title": "GET /users/{username}", "unit_id": "d1:1",
+           "text": "/users/{username}:\n  get:\n    parameters: [username]\n",
+           "meta": json.dumps({"method": "get", "path": "/users/{username}", "summary": "",
+                               "parameters": [{"name": "username"}], "schemas": []})}
 METHOD = {
     "unit_type": "node", "title": "Reset — This Method sets the CurrentInterval to 0", "unit_id": "d2:3",
     "doc_id": "d2", "domain": "industrial_protocol", "source": "opcua",
@@ -58,6 +63,10 @@ def test_pairs_per_model_cut_the_anchor_out_of_the_positive():
     # an indexed card keeps its name: a searcher may type it
     cards = em.capability_cards([OPERATION, SECTION])
     assert len(cards) == 1 and cards[0]["text"].startswith("Finds Pets by status\nHTTP operation GET")
+    # an operation without a summary has no words of its own to pair: no pair, but a card
+    assert not em.mine_pairs("code", [UNNAMED]) and not em.mine_pairs("capability", [UNNAMED])
+    assert em.capability_cards([UNNAMED])[0]["text"].startswith("GET /users/{username}\nHTTP operation GET")
+    assert "parameters: username" in em.capability_cards([UNNAMED])[0]["text"]  # a dict entry, named
     with pytest.raises(ValueError, match="unknown embedding model"):
         em.mine_pairs("images", [OPERATION])
 
