@@ -393,7 +393,7 @@ def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server
     embedded = build_resources()["graph"].open()
     try:
         stats = recorder.rebuild(dg.DagsterInstance.get(), bolt, ASSET_KEYS)
-        assert stats.materializations == 25 and stats.skipped_edges == 0
+        assert stats.materializations == 36 and stats.skipped_edges == 0
         assert _upstream_assets(bolt) == _upstream_assets(embedded)
         # replaying again adds nothing (idempotent)
         before = bolt.counts()
@@ -418,7 +418,7 @@ def test_lineage_sensor_records_and_advances_its_cursor(in_env, tmp_path):
     try:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"graph": graph})
         first = sensor(ctx)
-        assert "recorded 25 materializations" in first.skip_message
+        assert "recorded 36 materializations" in first.skip_message
         cursor = int(ctx.cursor)
         assert cursor > 0
         store = graph.open()
