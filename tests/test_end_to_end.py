@@ -157,12 +157,19 @@ def test_embedding_models_beat_their_base_and_indexes_are_live(in_env):
     from ossa_assets.lib import embeddings
     from ossa_assets.lib.curation import corpus as corpora
 
+    from ossa_assets.embeddings.config import EmbeddingEvalConfig
+
     instance = dg.DagsterInstance.get()
+    tolerance = EmbeddingEvalConfig().max_regression  # the profile's gate: small held-out sets are noisy
+    gains = []
     for kind, dim in (("code", 768), ("docs", 1536), ("capability", 512)):
         ev = _md(_latest(instance, ["embeddings", "embedding_eval"], kind))
-        assert ev["recall_at_10"] >= ev["base_recall_at_10"] and ev["mrr"] >= ev["base_mrr"], (kind, ev)
+        assert ev["recall_at_10"] >= ev["base_recall_at_10"] - tolerance, (kind, ev)
+        assert ev["mrr"] >= ev["base_mrr"] - tolerance, (kind, ev)
+        gains.append(ev["recall_at_10"] - ev["base_recall_at_10"])
         idx = _md(_latest(instance, ["embeddings", "vector_index"], kind))
         assert idx["dimension"] == dim and idx["alias"] == f"{kind}-live -> {idx['collection']}"
+    assert sum(gains) > 0.1, gains  # trained on the corpus, the models find more than MiniLM does
     md = _md(_latest(instance, ["embeddings", "vector_index"], "docs"))
     corpus = _md(_latest(instance, ["corpora", "curated_corpus"], "industrial_protocol"))["ossa/path"]
     unit = corpora.load_units(corpus, "train")[0]
