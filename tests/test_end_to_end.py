@@ -154,10 +154,9 @@ def test_adapter_loads_with_peft(in_env):
 def test_embedding_models_beat_their_base_and_indexes_are_live(in_env):
     import dagster as dg
 
+    from ossa_assets.embeddings.config import EmbeddingEvalConfig
     from ossa_assets.lib import embeddings
     from ossa_assets.lib.curation import corpus as corpora
-
-    from ossa_assets.embeddings.config import EmbeddingEvalConfig
 
     instance = dg.DagsterInstance.get()
     tolerance = EmbeddingEvalConfig().max_regression  # the profile's gate: small held-out sets are noisy
