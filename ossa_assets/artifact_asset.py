@@ -35,6 +35,13 @@ MD_KIND = "ossa/kind"
 MD_DERIVED_FROM = "ossa/derived_from"
 MD_ARTIFACT_META = "ossa/meta"
 MD_PATH = "ossa/path"
+MD_TRAINED_ON = "ossa/trained_on"  # the inputs a model learned from (a subset of derived_from)
+MD_CONFIG = "ossa/config_hash"  # hash of the run's config for this step: a config change, in a diff
+
+# Which inputs a model was *trained on* (TRAINED_ON in the lineage graph) rather than merely
+# derived from (a base model, a previous adapter, an evaluation): data kinds feeding model kinds.
+MODEL_KINDS = frozenset({"Checkpoint", "Adapter", "EmbeddingModel"})
+DATA_KINDS = frozenset({"Dataset", "CorpusVersion", "SourceSnapshot"})
 FAILED_GATES = "failed_gates"  # artifact meta: names of the blocking checks it failed
 
 
@@ -61,6 +68,31 @@ def single_partition_key(context: dg.AssetExecutionContext) -> str | None:
                              f"got the range {r.start}..{r.end}")
         return r.start
     return None
+
+
+def _config_hash(context: dg.AssetExecutionContext) -> str:
+    from ossa_assets.lib.artifacts import sha256_json
+
+    try:
+        cfg = context.op_execution_context.op_config
+    except Exception:  # no config schema on this asset
+        cfg = None
+    return sha256_json(cfg or {})[:16]
+
+
+def code_version_of(fn: Callable[..., Any]) -> str:
+    """The stage's code version for Dagster and the lineage graph: the package version plus a hash
+    of the module that defines the stage (its asset bodies and helpers). Library code below it
+    is not included: the version says "this stage's code changed", not "nothing else did"."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("ossa")
+    except PackageNotFoundError:
+        pkg = "0"
+    src = inspect.getsource(inspect.getmodule(fn))  # type: ignore[arg-type]
+    return f"{pkg}+{hashlib.sha256(src.encode()).hexdigest()[:12]}"
 
 
 def _input_artifacts(values: Iterable[Any]) -> list[Artifact]:
@@ -97,7 +129,10 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
             art.kind = art.kind or kind
             art.asset_key = context.asset_key.to_user_string()
             art.partition = single_partition_key(context)
-            art.derived_from = sorted(set(art.derived_from) | {a.lineage_id for a in inputs})
+            trained_on = set(art.meta.pop("trained_on", None) or [])
+            if art.kind in MODEL_KINDS:
+                trained_on |= {a.lineage_id for a in inputs if a.kind in DATA_KINDS}
+            art.derived_from = sorted(set(art.derived_from) | {a.lineage_id for a in inputs} | trained_on)
             failed = sorted(c.check_name for c in result.checks if not c.passed)
             if failed:
                 art.meta[FAILED_GATES] = failed
@@ -108,6 +143,8 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
                 MD_DERIVED_FROM: json.dumps(art.derived_from),
                 MD_ARTIFACT_META: json.dumps(art.meta, sort_keys=True, default=str),
                 MD_PATH: art.path,
+                MD_TRAINED_ON: json.dumps(sorted(trained_on)),
+                MD_CONFIG: _config_hash(context),
                 **result.metadata,
             }
             if "mlflow_run_id" in art.meta:
@@ -121,6 +158,7 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
         wrapped.__signature__ = inspect.signature(fn, eval_str=True).replace(  # type: ignore[attr-defined]
             return_annotation=inspect.Signature.empty
         )
+        asset_kwargs.setdefault("code_version", code_version_of(fn))
         return dg.asset(**asset_kwargs)(wrapped)
 
     return decorator

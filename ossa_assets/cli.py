@@ -235,6 +235,21 @@ def lineage_sync(rebuild: bool = False):
         store.close()
 
 
+def lineage_check():
+    """The drift report of the lineage graph against Dagster's event log, asset graph and MLflow."""
+    from ossa_assets.definitions import ASSET_KEYS, defs
+    from ossa_assets.lineage import consistency
+    from resources import build_resources
+
+    store = _graph_store()
+    try:
+        client = build_resources()["mlflow"].client()
+        return consistency.check(_instance(), store, defs.resolve_asset_graph(), ASSET_KEYS,
+                                 consistency.mlflow_checker(client))
+    finally:
+        store.close()
+
+
 def _cmd_lineage(args: argparse.Namespace) -> int:
     from ossa_assets.lineage import queries
 
@@ -245,8 +260,13 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
             f"({stats.skipped_edges} skipped)"
         )
         return 0
+    if args.action == "check":
+        report = lineage_check()
+        print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+        return 1 if report.drift else 0
     if not args.target:
-        print("error: give an endpoint route (/api-model/v1), an asset key or a lineage id", file=sys.stderr)
+        print("error: give an endpoint route (/api-model/v1), an asset key, a lineage id, "
+              "doc:<content hash> or source:<name>", file=sys.stderr)
         return 2
     store = _graph_store()
     try:
@@ -255,7 +275,19 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
         if root_id is None:
             print(f"error: nothing in the lineage graph matches {args.target!r}", file=sys.stderr)
             return 1
-        lin = store.upstream(root_id) if args.action == "upstream" else store.downstream(root_id)
+        if args.action == "diff":
+            other = queries.resolve(store, args.other, args.partition) if args.other else queries.previous(store, root_id)
+            if other is None:
+                print(f"error: nothing to compare {root_id} with" + (f" ({args.other!r} not found)" if args.other else
+                      " (no earlier materialization; name a second version)"), file=sys.stderr)
+                return 1
+            d = queries.diff(store, other, root_id, sample=args.documents)
+            print(json.dumps(d, indent=2, default=str) if args.json else queries.render_diff(d))
+            return 0
+        if args.action == "upstream":
+            lin = store.upstream(root_id, documents=args.documents)
+        else:
+            lin = store.downstream(root_id)
         if args.target.startswith("/") and not args.json:
             print(f"endpoint {args.target} serves:")
         if args.json:
@@ -281,7 +313,7 @@ def _serve(host: str, port: int) -> None:
 
     from ossa_assets.serving.server import create_app
 
-    app = create_app(_state_path(), cache_url=os.environ.get("OSSA_REDIS_URL"))
+    app = create_app(_state_path(), cache_url=os.environ.get("OSSA_REDIS_URL"), graph_factory=_graph_store)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
@@ -299,7 +331,8 @@ def smoke_test(log=print) -> tuple[int, int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(_state_path()), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(_state_path(), graph_factory=_graph_store), host="127.0.0.1", port=port,
+                       log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -316,6 +349,7 @@ def smoke_test(log=print) -> tuple[int, int]:
             probes.append(("POST", "/v1/search", {"query": "list pets by tag", "limit": 3}))
             probes.append(("POST", "/v1/search", {"query": "run the unit tests", "index": "capability", "limit": 3}))
             probes.append(("POST", "/v1/search", {"query": "paths: get: responses", "index": "code", "limit": 3}))
+            probes.append(("GET", "/v1/lineage/upstream?id=/api-model/v1&documents=3", None))
             for method, path, body in probes:
                 total += 1
                 r = client.request(method, path, json=body)
@@ -379,9 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--ui-port", type=int, default=3000)
     lg = sub.add_parser("lineage", help="lineage queries")
-    lg.add_argument("action", choices=["upstream", "downstream", "sync", "rebuild"])
-    lg.add_argument("target", nargs="?", help="endpoint route, asset key (stage/artifact) or lineage id")
+    lg.add_argument("action", choices=["upstream", "downstream", "diff", "check", "sync", "rebuild"])
+    lg.add_argument("target", nargs="?",
+                    help="endpoint route, asset key (stage/artifact), lineage id, doc:<hash> or source:<name>")
+    lg.add_argument("other", nargs="?", help="diff: the version to compare with (default: the one before)")
     lg.add_argument("--partition", help="partition of the asset key (e.g. api_spec)")
+    lg.add_argument("--documents", type=int, default=20, help="upstream/diff: documents listed (the rest counted)")
     lg.add_argument("--json", action="store_true")
     st = sub.add_parser("store", help="the embedded lineage graph server")
     st.add_argument("action", choices=["stop"])

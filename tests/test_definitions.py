@@ -68,6 +68,19 @@ def test_definitions_load_and_match_snapshot():
     assert described == json.loads(SNAPSHOT.read_text())
 
 
+def test_every_asset_has_a_code_version_from_its_stage_module():
+    from importlib.metadata import version
+
+    from ossa_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    versions = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+    assert all(v and v.startswith(version("ossa") + "+") for v in versions.values()), versions
+    # one module, one version: the finetune stage's assets share theirs, other stages differ
+    assert versions["finetune/base_model"] == versions["finetune/domain_checkpoint"]
+    assert versions["finetune/base_model"] != versions["lora/multitask_adapter"]
+
+
 def test_every_asset_has_a_docstring_kinds_and_owner():
     from ossa_assets.definitions import defs
 

@@ -218,7 +218,10 @@ def server(pipeline):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(state)
+    from ossa_assets.lib.graph_store import open_graph_store
+
+    # the lineage routes read the pipeline's embedded graph (the store `ossa materialize` synced)
+    app = create_app(state, graph_factory=lambda: open_graph_store("embedded", data_dir=pipeline.data / "graph"))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -262,6 +265,36 @@ def test_endpoints_answer_over_http(server):
         assert cap["collection"].startswith("capability-") and all(h["unit_id"] for h in cap["hits"])
         code = c.post("/v1/search", json={"query": "paths: get: responses", "index": "code", "limit": 2}).json()
         assert len(code["hits"]) == 2 and code["model_version"] == models["search"]["code"]["model_version"]
+
+
+def test_every_answer_carries_a_lineage_id_that_resolves_upstream(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        gen = c.post("/devops-model/v1", json={"prompt": "stages:", "max_new_tokens": 4}).json()
+        up = c.get("/v1/lineage/upstream", params={"id": gen["lineage_id"], "documents": 5})
+        assert up.status_code == 200, up.text
+        body = up.json()
+        kinds = {n["kind"] for n in body["nodes"]}
+        assert {"Adapter", "Checkpoint", "CorpusVersion", "BaseModel"} <= kinds
+        assert body["documents"]["total"] > 0 and len(body["documents"]["sample"]) == 5
+        assert all(d["props"]["domain"] == "devops_workflow" for d in body["documents"]["sample"])
+
+        hits = c.post("/v1/search", json={"query": "pipeline stages", "limit": 1}).json()
+        up = c.get("/v1/lineage/upstream", params={"id": hits["lineage_id"], "documents": 0}).json()
+        assert {"EmbeddingModel", "Dataset", "CorpusVersion"} <= {n["kind"] for n in up["nodes"]}
+
+        doc = body["documents"]["sample"][0]["id"]
+        down = c.get("/v1/lineage/downstream", params={"id": doc}).json()
+        assert gen["lineage_id"] in {n["id"] for n in down["nodes"]}
+        diff = c.get("/v1/lineage/diff", params={"a": gen["lineage_id"], "b": hits["lineage_id"]}).json()
+        assert diff["changed"] and "documents" in diff
+
+        missing = c.get("/v1/lineage/upstream", params={"id": "nope@0"})
+        assert missing.status_code == 404 and "nothing in the lineage graph" in missing.json()["error"]
+        assert c.get("/v1/lineage/upstream").status_code == 422
+        no_prev = c.get("/v1/lineage/diff", params={"b": gen["lineage_id"]})
+        assert no_prev.status_code == 404 and "no earlier version" in no_prev.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -345,6 +378,7 @@ def _upstream_assets(store, route: str = "/api-model/v1") -> set[str]:
 
 
 def test_lineage_upstream_from_endpoint_reaches_its_corpus(in_env):
+    from ossa_assets.lib.curation import corpus as corpora
     from resources import build_resources
 
     store = build_resources()["graph"].open()
@@ -353,6 +387,41 @@ def test_lineage_upstream_from_endpoint_reaches_its_corpus(in_env):
         # the endpoint names what it serves
         ep = store.get_node("endpoint:/api-model/v1")
         assert ep["props"]["lineage_id"].startswith("quantize/int8_model[api_spec]@")
+        # ... down to the documents and their sources, each document once
+        full = store.upstream(ep["props"]["lineage_id"])
+        docs = {n["id"] for n in full.nodes if n["kind"] == "Document"}
+        corpus = next(n for n in full.nodes if n["kind"] == "CorpusVersion")
+        on_disk = {f"doc:{d['doc_id']}" for d in corpora.document_rows(corpus["props"]["path"])}
+        assert docs == on_disk and "source:openapi" in full.ids
+        # a model is TRAINED_ON its data, DERIVED_FROM the rest; edges carry versions and time
+        ckpt = next(n["id"] for n in full.nodes if n["kind"] == "Checkpoint")
+        assert any(e[0] == ckpt and e[1] == "TRAINED_ON" for e in full.edges)
+        summary = store.upstream(ep["props"]["lineage_id"], documents=3)
+        assert summary.documents["total"] == len(docs) and summary.documents["by_source"] == {"openapi": len(docs)}
+        assert len(summary.documents["sample"]) == 3 and not [n for n in summary.nodes if n["kind"] == "Document"]
+        props = store.backend.read(
+            "MATCH (a:Artifact {id: $id})-[e:TRAINED_ON]->() RETURN properties(e)", {"id": ckpt})[0][0]
+        assert props["data_version"] and props["code_version"].startswith("0.1.0+") and props["at"] > 0
+    finally:
+        store.close()
+
+
+def test_lineage_downstream_of_a_document_reaches_models_collections_and_endpoints(in_env):
+    from resources import build_resources
+
+    store = build_resources()["graph"].open()
+    try:
+        doc = store.find_nodes("Document", domain="api_spec")[0]
+        impact = store.downstream(doc["id"])
+        assets = {n["props"].get("asset_key") for n in impact.nodes}
+        assert {"corpora/curated_corpus", "finetune/domain_checkpoint", "lora/multitask_adapter",
+                "quantize/int8_model", "embeddings/embedding_pairs", "embeddings/embedding_model",
+                "embeddings/vector_index", "serving/deployment"} <= assets
+        assert "endpoint:/api-model/v1" in impact.ids
+        # a document withdrawn from industrial_protocol does not touch the api_spec checkpoint
+        other = store.find_nodes("Document", domain="industrial_protocol")[0]
+        reached = {n["id"] for n in store.downstream(other["id"]).nodes}
+        assert not any(i.startswith("finetune/domain_checkpoint[api_spec]@") for i in reached)
     finally:
         store.close()
 
@@ -379,11 +448,56 @@ def test_lineage_cli_prints_the_chain(pipeline):
     assert {"finetune/domain_checkpoint[industrial_protocol]", "finetune/base_model",
             "corpora/curated_corpus[industrial_protocol]"} <= reached
 
+    docs = subprocess.run(
+        [sys.executable, "-m", "ossa_assets.cli", "lineage", "upstream", "/api-model/v1", "--documents", "2"],
+        cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )
+    assert docs.returncode == 0 and "documents: " in docs.stdout and "more (--documents N" in docs.stdout
+
+    diff = subprocess.run(
+        [sys.executable, "-m", "ossa_assets.cli", "lineage", "diff", "quantize/int8_model", "--partition", "api_spec"],
+        cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=120,
+    )
+    assert diff.returncode == 1 and "no earlier materialization" in diff.stderr  # one version so far
+
     missing = subprocess.run(
         [sys.executable, "-m", "ossa_assets.cli", "lineage", "upstream", "no/such_asset"],
         cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=120,
     )
     assert missing.returncode == 1 and "nothing in the lineage graph matches" in missing.stderr
+
+
+def test_lineage_check_finds_drift_and_rebuild_repairs_it(pipeline):
+    def check():
+        return subprocess.run([sys.executable, "-m", "ossa_assets.cli", "lineage", "check", "--json"],
+                              cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=180)
+
+    subprocess.run([sys.executable, "-m", "ossa_assets.cli", "lineage", "sync"], cwd=ROOT, env=pipeline.env,
+                   capture_output=True, text=True, timeout=180, check=True)
+    first = check()
+    assert first.returncode == 0, first.stdout + first.stderr[-2000:]
+    report = json.loads(first.stdout)
+    assert report["drift"] is False and report["mlflow_checked"] and report["materializations"] >= 36
+
+    from ossa_assets.lib.graph_store import open_graph_store
+
+    store = open_graph_store("embedded", data_dir=pipeline.data / "graph")
+    try:
+        victim = store.find_nodes(asset_key="finetune/domain_checkpoint", partition="api_spec")[0]["id"]
+        store.backend.write("MATCH (n:Artifact {id: $id}) DETACH DELETE n", {"id": victim})
+        store.upsert_nodes([{"id": "stray@0", "kind": "Checkpoint", "storage_id": 10**9}])
+    finally:
+        store.close()
+    drift = check()
+    assert drift.returncode == 1
+    report = json.loads(drift.stdout)
+    assert report["missing_nodes"] == [victim] and report["unknown_nodes"] == ["stray@0"]
+    assert any(e.endswith(f"-> {victim}") or e.startswith(victim) for e in report["missing_edges"])
+
+    rebuilt = subprocess.run([sys.executable, "-m", "ossa_assets.cli", "lineage", "rebuild"],
+                             cwd=ROOT, env=pipeline.env, capture_output=True, text=True, timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert check().returncode == 0
 
 
 def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 # Edges that mean "was computed from" when walking towards the data.
-DATA_EDGES = ("DERIVED_FROM", "SERVES")
+DATA_EDGES = ("DERIVED_FROM", "TRAINED_ON", "CONTAINS", "SERVES", "DECLARES")
 
 
 def resolve(store: Any, target: str, partition: str | None = None) -> str | None:
@@ -17,7 +17,7 @@ def resolve(store: Any, target: str, partition: str | None = None) -> str | None
     if target.startswith("/"):
         node = store.get_node(f"endpoint:{target}")
         return node["props"].get("lineage_id") if node else None
-    if "@" in target or target.startswith(("run:", "mlflow:", "endpoint:")):
+    if "@" in target or target.startswith(("run:", "mlflow:", "endpoint:", "doc:", "source:")):
         return target if store.get_node(target) else None
     candidates = store.find_nodes(asset_key=target, partition=partition or "")
     if not candidates:
@@ -25,10 +25,82 @@ def resolve(store: Any, target: str, partition: str | None = None) -> str | None
     return max(candidates, key=lambda n: n["props"].get("storage_id", 0))["id"]
 
 
+def previous(store: Any, node_id: str) -> str | None:
+    """The materialization of the same asset (partition) before `node_id`, if the graph has one."""
+    node = store.get_node(node_id)
+    if not node or not node["props"].get("asset_key"):
+        return None
+    p = node["props"]
+    older = [n for n in store.find_nodes(asset_key=p["asset_key"], partition=p.get("partition"))
+             if n["props"].get("storage_id", 0) < p.get("storage_id", 0) and n["id"] != node_id]
+    return max(older, key=lambda n: n["props"]["storage_id"])["id"] if older else None
+
+
+def _by_asset(lineage: Any) -> dict[str, dict[str, Any]]:
+    out = {}
+    for n in [lineage.root, *lineage.nodes]:
+        p = n.get("props", {})
+        if p.get("asset_key"):
+            out[p["asset_key"] + (f"[{p['partition']}]" if p.get("partition") else "")] = n
+    return out
+
+
+def diff(store: Any, a: str, b: str, sample: int = 10) -> dict[str, Any]:
+    """What changed between two artifacts' lineages (two deployments, two model versions): per
+    upstream asset, whether its data, code or config changed; and which documents came or went."""
+    la, lb = store.upstream(a, documents=0), store.upstream(b, documents=0)
+    ma, mb = _by_asset(la), _by_asset(lb)
+    changed, same = [], 0
+    for key in sorted(ma.keys() | mb.keys()):
+        na, nb = ma.get(key), mb.get(key)
+        if na and nb and na["id"] == nb["id"]:
+            same += 1
+            continue
+        entry: dict[str, Any] = {"asset": key, "a": na["id"] if na else None, "b": nb["id"] if nb else None}
+        if na and nb:
+            pa, pb = na["props"], nb["props"]
+            entry["data"] = pa.get("data_version") != pb.get("data_version")
+            for what, prop in (("code", "code_version"), ("config", "config_hash")):
+                entry[what] = ({"a": pa.get(prop, ""), "b": pb.get(prop, "")}
+                               if pa.get(prop, "") != pb.get(prop, "") else None)
+        changed.append(entry)
+    corpora = {side: [n["id"] for n in [lin.root, *lin.nodes] if n["kind"] == "CorpusVersion"]
+               for side, lin in (("a", la), ("b", lb))}
+    docs_a, docs_b = store.document_ids(corpora["a"]), store.document_ids(corpora["b"])
+    added, removed = sorted(docs_b - docs_a), sorted(docs_a - docs_b)
+    return {
+        "a": a, "b": b, "unchanged": same, "changed": changed,
+        "documents": {"a": len(docs_a), "b": len(docs_b), "added": len(added), "removed": len(removed),
+                      "added_sample": added[:sample], "removed_sample": removed[:sample]},
+    }
+
+
+def render_diff(d: dict[str, Any]) -> str:
+    lines = [f"a: {d['a']}", f"b: {d['b']}", f"{d['unchanged']} upstream artifacts unchanged, {len(d['changed'])} changed:"]
+    for c in d["changed"]:
+        if not c["a"] or not c["b"]:
+            lines.append(f"  {c['asset']}: only in {'b' if c['b'] else 'a'}")
+            continue
+        what = [w for w in ("data", "code", "config") if c.get(w)]
+        lines.append(f"  {c['asset']}: {', '.join(what) or 'version'} changed")
+        for w in ("code", "config"):
+            if c.get(w):
+                lines.append(f"      {w}: {c[w]['a'] or '-'} -> {c[w]['b'] or '-'}")
+    docs = d["documents"]
+    lines.append(f"documents: {docs['a']} -> {docs['b']} (+{docs['added']} -{docs['removed']})")
+    for sign, key in (("+", "added_sample"), ("-", "removed_sample")):
+        lines += [f"  {sign} {x}" for x in docs[key]]
+    return "\n".join(lines)
+
+
 def _label(node: dict[str, Any]) -> str:
     p = node.get("props", {})
     if node["kind"] == "Endpoint":
         return f"endpoint {p.get('route')}"
+    if node["kind"] == "Document":
+        return f"Document       {p.get('source', '')}/{p.get('path', '')}  ({node['id'][:16]})"
+    if node["kind"] == "Source":
+        return f"Source         {p.get('name', node['id'])}"
     extras = []
     if p.get("meta_mlflow_run_id"):
         extras.append(f"mlflow run {p['meta_mlflow_run_id'][:12]}")
@@ -66,15 +138,25 @@ def render(lineage: Any, direction: str = "upstream") -> str:
             walk(child, depth + 1)
 
     walk(lineage.root["id"], 0)
+    docs = getattr(lineage, "documents", None)
+    if docs is not None:
+        per = ", ".join(f"{k}: {v}" for k, v in docs["by_source"].items())
+        lines.append(f"documents: {docs['total']} ({per or 'none'})")
+        lines += [f"  {_label(n)}" for n in docs["sample"]]
+        if docs["total"] > len(docs["sample"]):
+            lines.append(f"  ... {docs['total'] - len(docs['sample'])} more (--documents N, or --json)")
     return "\n".join(lines)
 
 
 def as_json(lineage: Any) -> dict[str, Any]:
-    return {
+    out = {
         "root": lineage.root,
         "nodes": lineage.nodes,
         "edges": [{"src": s, "rel": r, "dst": d} for s, r, d in lineage.edges],
     }
+    if getattr(lineage, "documents", None) is not None:
+        out["documents"] = lineage.documents
+    return out
 
 
 def chain_kinds(lineage: Any) -> set[str]:

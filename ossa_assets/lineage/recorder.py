@@ -7,10 +7,15 @@ idempotent (MERGE by id), so replaying the whole log (`ossa lineage rebuild`) yi
 graph: losing the graph database loses nothing.
 
 Graph model (nodes carry `kind`):
-  Artifact kinds: CorpusVersion, BaseModel, Checkpoint, Adapter, OnnxModel, Engine, Dataset
-  (embedding pairs), EmbeddingModel, Evaluation, Collection, Deployment
-  — (artifact)-[:DERIVED_FROM]->(input artifact)
-  Run (a Dagster run)        — (artifact)-[:PRODUCED_BY]->(run)
+  Artifact kinds: SourceSnapshot, CorpusVersion, BaseModel, Dataset (tokenized corpus, embedding
+  pairs), Checkpoint, Adapter, EmbeddingModel, Evaluation, OnnxModel, Engine, Collection,
+  Deployment — (artifact)-[:DERIVED_FROM]->(input artifact); a model's data inputs are
+  (model)-[:TRAINED_ON]->(dataset | corpus version | source snapshot) instead. These edges carry
+  the artifact's data_version, code_version and time (`at`).
+  Document (id `doc:<content hash>`), Source (id `source:<name>`):
+  (corpus version)-[:CONTAINS]->(document)-[:DERIVED_FROM]->(source), and
+  (source snapshot)-[:DERIVED_FROM]->(source); read from the corpus's own files at sync time.
+  Run (a Dagster run, with its job) — (artifact)-[:PRODUCED_BY]->(run)
   MLflowRun                  — (artifact)-[:TRACKED_IN]->(mlflow run)
   Endpoint (a serving route) — (endpoint)-[:SERVES]->(engine), (deployment)-[:DECLARES]->(endpoint);
                                the endpoint's `lineage_id` property names the engine it serves now.
@@ -24,7 +29,15 @@ from typing import Any, Iterable, Sequence
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import MD_ARTIFACT_META, MD_DERIVED_FROM, MD_KIND, MD_LINEAGE_ID, MD_PATH
+from ossa_assets.artifact_asset import (
+    MD_ARTIFACT_META,
+    MD_CONFIG,
+    MD_DERIVED_FROM,
+    MD_KIND,
+    MD_LINEAGE_ID,
+    MD_PATH,
+    MD_TRAINED_ON,
+)
 
 PAGE = 500
 
@@ -54,16 +67,46 @@ def _scalar_props(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def graph_items(record: Any) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, dict[str, Any]]]]:
-    """Nodes and edges for one materialization event record (empty if it is not an ossa artifact)."""
+def document_id(doc_id: str) -> str:
+    return f"doc:{doc_id}"
+
+
+def source_id(name: str) -> str:
+    return f"source:{name}"
+
+
+def _documents(corpus_node: dict[str, Any], edge_props: dict[str, Any]):
+    """Document and Source nodes of a curated corpus version, read from the corpus's own files
+    (the event log holds the path, not 100,000 document ids)."""
+    from ossa_assets.lib.curation.corpus import document_rows
+
+    nodes, edges, sources = [], [], {}
+    for d in document_rows(corpus_node["path"]):
+        did = document_id(d["doc_id"])
+        nodes.append({"id": did, "kind": "Document", **{k: v for k, v in d.items() if v is not None}})
+        edges.append((corpus_node["id"], "CONTAINS", did, edge_props))
+        sources.setdefault(d["source"], d.get("domain", ""))
+        edges.append((did, "DERIVED_FROM", source_id(d["source"]), {}))
+    nodes += [{"id": source_id(n), "kind": "Source", "name": n, "domain": dom} for n, dom in sorted(sources.items())]
+    return nodes, edges
+
+
+def graph_items(record: Any, documents: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, dict[str, Any]]]]:
+    """Nodes and edges for one materialization event record (empty if it is not an ossa artifact).
+
+    Edges carry the artifact's data version, code version and time. A curated corpus version
+    also brings its Document nodes (and their Source nodes) when `documents` is true.
+    """
     mat = record.asset_materialization
     lineage_id = _md(mat, MD_LINEAGE_ID) if mat else None
     if not lineage_id:
         return [], []
     meta = json.loads(_md(mat, MD_ARTIFACT_META) or "{}")
     derived = json.loads(_md(mat, MD_DERIVED_FROM) or "[]")
+    trained = set(json.loads(_md(mat, MD_TRAINED_ON) or "[]"))
     dagster_event = record.event_log_entry.dagster_event
     tags = dagster_event.event_specific_data.materialization.tags or {}
+    at = float(record.timestamp)
     node = {
         "id": lineage_id,
         "kind": _md(mat, MD_KIND) or "Artifact",
@@ -71,29 +114,41 @@ def graph_items(record: Any) -> tuple[list[dict[str, Any]], list[tuple[str, str,
         "partition": mat.partition or "",
         "data_version": tags.get("dagster/data_version", ""),
         "code_version": tags.get("dagster/code_version", ""),
+        "config_hash": _md(mat, MD_CONFIG) or "",
         "path": _md(mat, MD_PATH) or "",
         "dagster_run_id": record.run_id,
         "storage_id": int(record.storage_id),
-        "materialized_at": float(record.timestamp),
+        "materialized_at": at,
         **_scalar_props({k: v for k, v in meta.items() if k != "serves"}, "meta_"),
     }
-    nodes = [node, {"id": f"run:{record.run_id}", "kind": "Run", "run_id": record.run_id}]
+    props = {"data_version": node["data_version"], "code_version": node["code_version"], "at": at}
+    run = {"id": f"run:{record.run_id}", "kind": "Run", "run_id": record.run_id,
+           "job": dagster_event.job_name or ""}
+    nodes = [node, run]
     edges: list[tuple[str, str, str, dict[str, Any]]] = [
-        (lineage_id, "DERIVED_FROM", src, {}) for src in derived
+        (lineage_id, "TRAINED_ON" if src in trained else "DERIVED_FROM", src, props) for src in derived
     ]
-    edges.append((lineage_id, "PRODUCED_BY", f"run:{record.run_id}", {}))
+    edges.append((lineage_id, "PRODUCED_BY", run["id"], props))
     if meta.get("mlflow_run_id"):
         mid = f"mlflow:{meta['mlflow_run_id']}"
         nodes.append({"id": mid, "kind": "MLflowRun", "run_id": meta["mlflow_run_id"]})
         edges.append((lineage_id, "TRACKED_IN", mid, {}))
+    if node["kind"] == "SourceSnapshot" and "|" in node["partition"]:
+        domain, name = node["partition"].split("|", 1)
+        nodes.append({"id": source_id(name), "kind": "Source", "name": name, "domain": domain})
+        edges.append((lineage_id, "DERIVED_FROM", source_id(name), props))
+    if node["kind"] == "CorpusVersion" and documents and node["path"]:
+        doc_nodes, doc_edges = _documents(node, props)
+        nodes += doc_nodes
+        edges += doc_edges
     for route, engine_id in sorted((meta.get("serves") or {}).items()):
         eid = f"endpoint:{route}"
         nodes.append(
             {"id": eid, "kind": "Endpoint", "route": route, "lineage_id": engine_id,
-             "deployment": lineage_id, "declared_at": float(record.timestamp)}
+             "deployment": lineage_id, "declared_at": at}
         )
-        edges.append((eid, "SERVES", engine_id, {"deployment": lineage_id}))
-        edges.append((lineage_id, "DECLARES", eid, {}))
+        edges.append((eid, "SERVES", engine_id, {"deployment": lineage_id, "at": at}))
+        edges.append((lineage_id, "DECLARES", eid, {"at": at}))
     return nodes, edges
 
 

@@ -270,6 +270,8 @@ def realtime_adapter(
                       WARM_START_VERSION: previous.data_version if previous else ""},
         )
     derived += [a.lineage_id for a in snapshots if a.lineage_id]
+    # the lineage graph draws these as TRAINED_ON: the documents this hour learned from
+    trained_on = [a.lineage_id for a in snapshots if a.lineage_id]
     by_domain: dict[str, list[str]] = {}
     for r in rows:
         by_domain.setdefault(r["domain"], []).append(r["text"])
@@ -307,6 +309,7 @@ def realtime_adapter(
             meta={
                 "new_documents": len(rows),
                 "warm_start": previous.lineage_id if previous else None,
+                "trained_on": trained_on,
                 "name": f"ossa-realtime-{version[:12]}",
                 "hour": context.partition_key,
             },

@@ -19,9 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -198,7 +198,10 @@ def _open_qdrant_retrying(spec: dict[str, Any], timeout_s: float = 10.0):
             time.sleep(0.1)
 
 
-def create_app(state_path: str | Path, cache_url: str | None = None) -> FastAPI:
+def create_app(state_path: str | Path, cache_url: str | None = None,
+               graph_factory: Callable[[], Any] | None = None) -> FastAPI:
+    """`graph_factory` opens the lineage graph store for the /v1/lineage routes (None: those
+    routes answer 503)."""
     from ossa_assets.lib.cache import cache_key, make_cache
 
     watcher = DeploymentWatcher(Path(state_path))
@@ -290,6 +293,50 @@ def create_app(state_path: str | Path, cache_url: str | None = None) -> FastAPI:
                 for kind, idx in ((state.get("search") or {}).get("indexes") or {}).items()
             },
         }
+
+    def _lineage(fn):
+        if graph_factory is None:
+            raise ApiError(503, "no lineage graph configured for this server")
+        from ossa_assets.lineage import queries
+
+        try:
+            store = graph_factory()
+        except Exception as e:
+            raise ApiError(503, f"lineage graph unavailable ({type(e).__name__})") from e
+        try:
+            return fn(store, queries)
+        finally:
+            store.close()
+
+    def _resolve(store, queries, target: str) -> str:
+        node = queries.resolve(store, target)
+        if node is None:
+            raise ApiError(404, f"nothing in the lineage graph matches {target!r}")
+        return node
+
+    # Lineage: every answer above carries a lineage_id; these resolve it (or a route, an asset
+    # key, doc:<hash>, source:<name>) to what it was made from and what was made from it.
+    @app.get("/v1/lineage/upstream")
+    def lineage_upstream(id: str = Query(min_length=1, max_length=500),
+                         documents: int = Query(default=20, ge=0, le=1000)) -> dict[str, Any]:
+        return _lineage(lambda store, q: q.as_json(store.upstream(_resolve(store, q, id), documents=documents)))
+
+    @app.get("/v1/lineage/downstream")
+    def lineage_downstream(id: str = Query(min_length=1, max_length=500)) -> dict[str, Any]:
+        return _lineage(lambda store, q: q.as_json(store.downstream(_resolve(store, q, id))))
+
+    @app.get("/v1/lineage/diff")
+    def lineage_diff(b: str = Query(min_length=1, max_length=500),
+                     a: Optional[str] = Query(default=None, max_length=500,
+                                              description="default: the version of b's asset before b")) -> dict[str, Any]:
+        def run(store, q):
+            new = _resolve(store, q, b)
+            old = _resolve(store, q, a) if a else q.previous(store, new)
+            if old is None:
+                raise ApiError(404, f"no earlier version of {new} to compare with: pass a=")
+            return q.diff(store, old, new)
+
+        return _lineage(run)
 
     @app.get("/health")
     def health() -> JSONResponse:

@@ -138,6 +138,78 @@ def test_downstream_impact_of_a_document(store):
     assert store.upstream("ep").ids == {"onnx", "lora", "ckpt", "corpus", "doc", "base"}
 
 
+def _history(store, n_docs: int = 6):
+    """Two deployments: v1 serves an engine trained on corpus c1 (docs 0..3), v2 one trained on
+    corpus c2 (docs 2..5, one source more), with the same base and a new code version."""
+    docs = [{"id": f"doc:{i}", "kind": "Document", "source": "openapi" if i < 4 else "gitlab", "path": f"f{i}.yaml"}
+            for i in range(n_docs)]
+    store.upsert_nodes(docs + [
+        {"id": "source:openapi", "kind": "Source", "name": "openapi"},
+        {"id": "source:gitlab", "kind": "Source", "name": "gitlab"},
+        {"id": "base@1", "kind": "BaseModel", "asset_key": "finetune/base_model", "data_version": "b1",
+         "code_version": "x", "config_hash": "k", "storage_id": 1},
+    ])
+    for v, (lo, hi) in ((1, (0, 4)), (2, (2, 6))):
+        code = f"0.1.0+{v}"
+        store.upsert_nodes([
+            {"id": f"corpus@{v}", "kind": "CorpusVersion", "asset_key": "corpora/curated_corpus", "partition": "api_spec",
+             "data_version": f"c{v}", "code_version": "x", "config_hash": "k", "storage_id": 10 * v},
+            {"id": f"tok@{v}", "kind": "Dataset", "asset_key": "finetune/tokenized_corpus", "partition": "api_spec",
+             "data_version": f"t{v}", "code_version": "x", "config_hash": "k", "storage_id": 10 * v + 1},
+            {"id": f"ckpt@{v}", "kind": "Checkpoint", "asset_key": "finetune/domain_checkpoint", "partition": "api_spec",
+             "data_version": f"m{v}", "code_version": code, "config_hash": "k" if v == 1 else "k2",
+             "storage_id": 10 * v + 2},
+            {"id": f"deploy@{v}", "kind": "Deployment", "asset_key": "serving/deployment", "data_version": f"d{v}",
+             "code_version": "x", "config_hash": "k", "storage_id": 10 * v + 3},
+        ])
+        store.upsert_edges([(f"corpus@{v}", "CONTAINS", f"doc:{i}", {}) for i in range(lo, hi)] + [
+            (f"tok@{v}", "DERIVED_FROM", f"corpus@{v}", {}), (f"tok@{v}", "DERIVED_FROM", "base@1", {}),
+            (f"ckpt@{v}", "TRAINED_ON", f"tok@{v}", {"data_version": f"m{v}", "code_version": code, "at": 1.5}),
+            (f"ckpt@{v}", "DERIVED_FROM", "base@1", {}), (f"deploy@{v}", "DERIVED_FROM", f"ckpt@{v}", {}),
+        ])
+    store.upsert_edges([(f"doc:{i}", "DERIVED_FROM", "source:openapi" if i < 4 else "source:gitlab", {})
+                        for i in range(n_docs)])
+
+
+def test_upstream_summarises_documents_by_source(store):
+    _history(store)
+    full = store.upstream("deploy@2")
+    assert {n["id"] for n in full.nodes if n["kind"] == "Document"} == {"doc:2", "doc:3", "doc:4", "doc:5"}
+    assert {"source:openapi", "source:gitlab"} <= full.ids and full.documents is None
+    assert ("ckpt@2", "TRAINED_ON", "tok@2") in full.edges
+
+    summary = store.upstream("deploy@2", documents=3)
+    assert not [n for n in summary.nodes if n["kind"] in ("Document", "Source")]
+    assert not [e for e in summary.edges if e[1] == "CONTAINS"]
+    assert {"ckpt@2", "tok@2", "corpus@2", "base@1"} <= summary.ids
+    assert summary.documents["total"] == 4
+    assert summary.documents["by_source"] == {"gitlab": 2, "openapi": 2}
+    assert [n["id"] for n in summary.documents["sample"]] == ["doc:2", "doc:3", "doc:4"]
+    assert store.upstream("deploy@2", documents=0).documents["sample"] == []
+    assert store.document_ids(["corpus@1", "corpus@2"]) == {f"doc:{i}" for i in range(6)}
+    with pytest.raises(ValueError):
+        store.upstream("deploy@2", documents=-1)
+
+
+def test_diff_of_two_deployments_names_data_code_and_config(store):
+    from ossa_assets.lineage import queries
+
+    _history(store)
+    d = queries.diff(store, "deploy@1", "deploy@2", sample=5)
+    changed = {c["asset"]: c for c in d["changed"]}
+    assert set(changed) == {"serving/deployment", "finetune/domain_checkpoint[api_spec]",
+                            "finetune/tokenized_corpus[api_spec]", "corpora/curated_corpus[api_spec]"}
+    ck = changed["finetune/domain_checkpoint[api_spec]"]
+    assert ck["data"] and ck["code"] == {"a": "0.1.0+1", "b": "0.1.0+2"} and ck["config"] == {"a": "k", "b": "k2"}
+    assert changed["corpora/curated_corpus[api_spec]"]["code"] is None
+    assert d["unchanged"] == 1  # the base model
+    assert d["documents"] == {"a": 4, "b": 4, "added": 2, "removed": 2, "added_sample": ["doc:4", "doc:5"],
+                              "removed_sample": ["doc:0", "doc:1"]}
+    assert queries.previous(store, "deploy@2") == "deploy@1" and queries.previous(store, "deploy@1") is None
+    text = queries.render_diff(d)
+    assert "finetune/domain_checkpoint[api_spec]: data, code, config changed" in text and "+ doc:4" in text
+
+
 def test_find_nodes_by_kind_and_props(store):
     store.upsert_nodes([
         {"id": "m2", "kind": "Model", "domain": "legal", "rank": 1},
@@ -268,6 +340,20 @@ def _servers_for(data_dir: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_writes_past_16384_nodes_keep_kind_and_properties(embedded):
+    """FalkorDB resizes its label matrix lazily at 16,384 nodes; a MERGE that tested the label it
+    had just set lost those rows' properties and reported them as kind conflicts (found by the
+    100,000-document lineage benchmark)."""
+    store = GraphStore(embedded)
+    n = 17_000
+    assert store.upsert_nodes({"id": f"d{i}", "kind": "Document", "source": "s"} for i in range(n)) == n
+    assert len(store.find_nodes("Document", source="s")) == n
+    assert store.counts()["nodes"] == {"Document": n}
+    assert store.get_node("d16999") == {"id": "d16999", "kind": "Document", "props": {"source": "s"}}
+    with pytest.raises(ValueError, match=r"d5 \(not Model\)"):
+        store.upsert_nodes([{"id": "d5", "kind": "Model"}])
 
 
 def test_concurrent_processes_share_one_server(embedded):

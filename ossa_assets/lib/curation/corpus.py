@@ -290,3 +290,21 @@ def load_units(corpus_dir: str | Path, split: str) -> list[dict[str, Any]]:
         return []
     dd = load_from_disk(str(path))
     return [dict(r) for r in dd[split]] if split in dd else []
+
+
+DOCUMENT_FIELDS = ("doc_id", "domain", "source", "path", "format", "license", "split", "n_bytes")
+
+
+def document_rows(corpus_dir: str | Path) -> list[dict[str, Any]]:
+    """Every document of a curated corpus (all splits) without its text: what the lineage graph
+    records per document. Reads only these columns of the Arrow files."""
+    from datasets import load_from_disk
+
+    path = Path(corpus_dir) / "documents"
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    for split, ds in load_from_disk(str(path)).items():
+        cols = [c for c in DOCUMENT_FIELDS if c in ds.column_names]
+        rows.extend(ds.select_columns(cols).to_list())
+    return rows

@@ -19,11 +19,17 @@ from ossa_assets.lib.graph_store.embedded import EmbeddedFalkorDB
 # enumerates every path of a variable-length pattern, exponential on diamond-shaped lineage (20
 # stacked diamonds: 7.5 s), where a BFS reads each node and edge once.
 
+# Every filter on kind reads the `kind` property, never a label: FalkorDB 4.16 answers a label
+# test (`n:Label`, or a label on an expanded node in a pattern) wrongly for nodes that were
+# labelled in a statement during which the graph grew past 16,384 nodes (its label matrix is
+# resized lazily: 116 of 17,000 Documents missing from `MATCH (n:Artifact:Document)`, measured),
+# while properties and single-label scans stay right. The label is still set, for people browsing
+# the graph. A node written before the property existed is matched by label once and gets it.
 _UPSERT_NODES = """UNWIND $rows AS row
 MERGE (n:Artifact {{id: row.id}})
-ON CREATE SET n:{kind}
-WITH n, row WHERE n:{kind}
-SET n += row.props
+ON CREATE SET n:{kind}, n.kind = '{kind}'
+WITH n, row WHERE n.kind = '{kind}' OR (n.kind IS NULL AND n:{kind})
+SET n += row.props, n.kind = '{kind}'
 RETURN n.id"""
 _UPSERT_EDGES = """UNWIND $rows AS row
 MATCH (a:Artifact {{id: row.src}})
@@ -37,6 +43,17 @@ _EXPAND = {
     "in": "UNWIND $ids AS x MATCH (b:Artifact {id: x})<-[e]-(a:Artifact) "
           "RETURN a.id, type(e), b.id, labels(a), properties(a)",
 }
+# The same walk without (corpus version)-[:CONTAINS]->(document) edges: a corpus version can hold
+# 100,000 documents, which an upstream answer summarises (_DOC_COUNTS, _DOC_SAMPLE) rather than
+# lists. Naming the other types keeps the store from touching those edges at all (FalkorDB keeps
+# one matrix per relationship type): 2,000 documents per corpus cost ~0.3 s as a filter.
+WALK_TYPES = ("DERIVED_FROM", "TRAINED_ON", "PRODUCED_BY", "TRACKED_IN", "SERVES", "DECLARES")
+_EXPAND_NO_DOCS = ("UNWIND $ids AS x MATCH (a:Artifact {id: x})-[e:" + "|".join(WALK_TYPES) + "]->(b:Artifact) "
+                   "RETURN a.id, type(e), b.id, labels(b), properties(b)")
+_DOCS_OF = "UNWIND $ids AS x MATCH (:Artifact {id: x})-[:CONTAINS]->(d:Artifact) "
+_DOC_COUNTS = _DOCS_OF + "WITH DISTINCT d RETURN d.source, count(d)"
+_DOC_SAMPLE = _DOCS_OF + "WITH DISTINCT d ORDER BY d.id LIMIT $n RETURN labels(d), properties(d)"
+_DOC_IDS = _DOCS_OF + "RETURN DISTINCT d.id"
 _CLEAR = "MATCH (n:Artifact) WITH n LIMIT 5000 DETACH DELETE n RETURN count(*)"
 
 
@@ -75,8 +92,11 @@ def _check_props(props: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _node(labels: list[str], props: Mapping[str, Any]) -> dict[str, Any]:
     props = _plain(props)
-    kinds = sorted(x for x in labels if x != "Artifact")
-    return {"id": props.pop("id"), "kind": kinds[0] if kinds else "Artifact", "props": props}
+    kind = props.pop("kind", None)
+    if not kind:  # written before nodes carried their kind as a property
+        kinds = sorted(x for x in labels if x != "Artifact")
+        kind = kinds[0] if kinds else "Artifact"
+    return {"id": props.pop("id"), "kind": kind, "props": props}
 
 
 @dataclass
@@ -84,6 +104,8 @@ class Lineage:
     root: dict[str, Any]
     nodes: list[dict[str, Any]]  # distinct, sorted by id, without the root
     edges: list[tuple[str, str, str]]  # (src, rel, dst), distinct, sorted
+    # upstream(documents=N): {"total", "by_source": {source: n}, "sample": [first N document nodes]}
+    documents: dict[str, Any] | None = None
 
     @property
     def ids(self) -> set[str]:
@@ -175,21 +197,51 @@ class GraphStore:
         wanted.update({"id": props["id"]} if "id" in props else {})
         conds = [f"n.{k} IS NULL" if v is None else f"n.{k} = $p{i}"
                  for i, (k, v) in enumerate(wanted.items())]
-        q = (f"MATCH (n:Artifact{':' + kind if kind else ''})"
+        if kind:
+            conds.insert(0, f"n.kind = '{kind}'")  # validated above; a property, not a label (see top)
+        q = ("MATCH (n:Artifact)"
              + (" WHERE " + " AND ".join(conds) if conds else "")
              + " RETURN labels(n), properties(n) ORDER BY n.id")
         params = {f"p{i}": v for i, v in enumerate(wanted.values())}
         return [_node(*r) for r in self.backend.read(q, params)]
 
-    def upstream(self, id: str, max_depth: int = 50) -> Lineage:
-        """What `id` was made from: nodes reachable along outgoing edges within max_depth hops."""
-        return self._walk(id, max_depth, "out")
+    def upstream(self, id: str, max_depth: int = 50, documents: int | None = None) -> Lineage:
+        """What `id` was made from: nodes reachable along outgoing edges within max_depth hops.
+
+        documents=None follows every edge, CONTAINS included (every document listed);
+        documents=N leaves corpus versions' documents out of the walk and summarises the
+        documents of every corpus version reached: their count, the count per source, and the
+        first N (by id).
+        """
+        if documents is None:
+            return self._walk(id, max_depth, "out")
+        if not isinstance(documents, int) or documents < 0:
+            raise ValueError("documents must be a non-negative int or None")
+        lin = self._walk(id, max_depth, "out", query=_EXPAND_NO_DOCS)
+        corpora = [n["id"] for n in [lin.root, *lin.nodes] if n["kind"] == "CorpusVersion"]
+        by_source: dict[str, int] = {}
+        sample: list[dict[str, Any]] = []
+        if corpora:
+            for src, n in self.backend.read(_DOC_COUNTS, {"ids": corpora}):
+                by_source[str(src)] = by_source.get(str(src), 0) + int(n)
+            if documents:
+                sample = [_node(*r) for r in self.backend.read(_DOC_SAMPLE, {"ids": corpora, "n": documents})]
+        lin.documents = {"total": sum(by_source.values()), "by_source": dict(sorted(by_source.items())),
+                         "sample": sample}
+        return lin
+
+    def document_ids(self, corpus_ids: list[str]) -> set[str]:
+        """Ids of the Document nodes the given corpus versions contain."""
+        out: set[str] = set()
+        for batch in self._batches(list(corpus_ids)):
+            out.update(r[0] for r in self.backend.read(_DOC_IDS, {"ids": batch}))
+        return out
 
     def downstream(self, id: str, max_depth: int = 50) -> Lineage:
         """What was made from `id`: nodes that reach it along outgoing edges within max_depth."""
         return self._walk(id, max_depth, "in")
 
-    def _walk(self, id: str, max_depth: int, direction: str) -> Lineage:
+    def _walk(self, id: str, max_depth: int, direction: str, query: str | None = None) -> Lineage:
         root = self.get_node(id)
         if root is None:
             raise KeyError(f"no artifact with id {id!r}")
@@ -201,7 +253,7 @@ class GraphStore:
         for _ in range(max_depth):  # one query per level: not one snapshot while others write
             nxt: list[str] = []
             for batch in self._batches(frontier):
-                for src, rel, dst, labels, props in self.backend.read(_EXPAND[direction],
+                for src, rel, dst, labels, props in self.backend.read(query or _EXPAND[direction],
                                                                       {"ids": batch}):
                     edges.add((src, rel, dst))
                     other = dst if direction == "out" else src
@@ -217,8 +269,8 @@ class GraphStore:
     def counts(self) -> dict[str, dict[str, int]]:
         """{"nodes": {kind: n}, "edges": {type: n}}."""
         nodes: dict[str, int] = {}
-        for labels, n in self.backend.read("MATCH (n:Artifact) RETURN labels(n), count(n)", {}):
-            kind = _node(labels, {"id": ""})["kind"]
+        for k, labels, n in self.backend.read("MATCH (n:Artifact) RETURN n.kind, labels(n), count(n)", {}):
+            kind = k or _node(labels, {"id": ""})["kind"]
             nodes[kind] = nodes.get(kind, 0) + int(n)  # int(): FalkorDB aggregates can be floats
         edges = {t: int(n) for t, n in self.backend.read(
             "MATCH (:Artifact)-[e]->(:Artifact) RETURN type(e), count(e)", {})}
