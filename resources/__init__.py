@@ -74,6 +74,7 @@ def build_resources(env: str | None = None) -> dict[str, Any]:
             uri=dg.EnvVar("OSSA_NEO4J_URI"),
             user=dg.EnvVar("OSSA_NEO4J_USER"),
             password=dg.EnvVar("OSSA_NEO4J_PASSWORD"),
+            batch_size=int(os.environ.get("OSSA_NEO4J_BATCH_SIZE", "1000")),
         ),
     }
 

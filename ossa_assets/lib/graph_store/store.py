@@ -293,7 +293,7 @@ class GraphStore:
 
 def open_graph_store(backend: str, *, data_dir: str | Path | None = None, uri: str | None = None,
                      user: str | None = None, password: str | None = None,
-                     database: str | None = None) -> GraphStore:
+                     database: str | None = None, batch_size: int | None = None) -> GraphStore:
     """`embedded` (needs data_dir) or `bolt` (needs uri)."""
     if backend == "embedded":
         if data_dir is None:
@@ -302,5 +302,5 @@ def open_graph_store(backend: str, *, data_dir: str | Path | None = None, uri: s
     if backend == "bolt":
         if not uri:
             raise ValueError("the bolt graph store needs uri (bolt://host:7687, neo4j+s://...)")
-        return GraphStore(BoltGraphBackend(uri, user, password, database))
+        return GraphStore(BoltGraphBackend(uri, user, password, database, batch_size=batch_size))
     raise ValueError(f"unknown graph store backend {backend!r}: expected 'embedded' or 'bolt'")
