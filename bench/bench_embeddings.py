@@ -44,7 +44,9 @@ def curated_records(corpus_root: Path, work: Path, limit: int) -> list[lib.Index
 
     _, results, _ = bench_curation.run(corpus_root, work)
     corpora = {d: SimpleNamespace(path=str(work / "out" / d), data_version="v1") for d in results}
-    records = index_records("docs", corpora)
+    # identical texts share a point: keep one record per text so an edit maps to one new point
+    # and one deleted point
+    records = list({r.key: r for r in index_records("docs", corpora)}.values())
     step = max(1, len(records) // limit) if limit else 1
     return records[::step][:limit] if limit else records
 
