@@ -297,7 +297,7 @@ def index_records(kind: str, corpora: dict) -> list:
     return records
 
 
-def _live_recall(client, live: str, kind: str, pairs: Artifact, records: list, config) -> float | None:
+def _live_recall(client, live: str, kind: str, heldout: list[dict], records: list, config) -> float | None:
     """Recall@10 of the collection serving now, on the same anchors, with the model that built it."""
     from ossa_assets.lib import embeddings as lib
 
@@ -305,7 +305,7 @@ def _live_recall(client, live: str, kind: str, pairs: Artifact, records: list, c
     if not meta.get("model_path") or not Path(meta["model_path"]).exists() or not meta.get("model_version"):
         return None  # built elsewhere or its model is gone: nothing to compare with
     old = lib.load_embedder(meta["model_path"], meta.get("max_seq_length"))
-    qs = recall_queries(kind, load_pairs(pairs.path, "heldout"), records, meta["model_version"], config.recall_queries)
+    qs = recall_queries(kind, heldout, records, meta["model_version"], config.recall_queries)
     return lib.collection_recall(client, old, live, qs, k=10)[0] if qs else None
 
 
@@ -353,7 +353,8 @@ def vector_index(
     if not records:
         raise dg.Failure(f"{kind}: nothing to index in the curated corpora")
     embedder = lib.load_embedder(model.path, model.meta.get("max_seq_length"))
-    queries = recall_queries(kind, load_pairs(pairs.path, "heldout"), records, model_ver, config.recall_queries)
+    heldout = load_pairs(pairs.path, "heldout")
+    queries = recall_queries(kind, heldout, records, model_ver, config.recall_queries)
     meta = {"model": kind, "model_path": model.path, "max_seq_length": model.meta.get("max_seq_length"),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model_lineage_id": model.lineage_id}
@@ -365,7 +366,7 @@ def vector_index(
         # well as the one serving now, each with its own model
         live_recall = None
         if live_before and live_before != collection and client.collection_exists(live_before):
-            live_recall = _live_recall(client, live_before, kind, pairs, records, config)
+            live_recall = _live_recall(client, live_before, kind, heldout, records, config)
         reasons = []
         if not queries:
             reasons.append("no held-out anchor has its target in the collection")
