@@ -314,25 +314,59 @@ class RetrievalMetrics:
     mrr: float
     queries: int
     candidates: int
+    degenerate: str = ""  # why the embeddings cannot be ranked (NaN, zero, collapsed); "" if sound
+
+
+def degenerate_reason(vecs, what: str) -> str:
+    """Why a batch of embeddings is not an evaluation at all, or "".
+
+    Non-finite or zero vectors cannot be ranked; vectors that are all the same (a collapsed
+    model) rank every candidate equally. Both must fail a gate with this reason, not score by
+    accident of tie-breaking.
+    """
+    import numpy as np
+
+    v = np.asarray(vecs, dtype=np.float32)
+    if v.size == 0:
+        return f"{what}: no vectors"
+    bad = int((~np.isfinite(v)).any(axis=1).sum())
+    if bad:
+        return f"{what}: {bad} of {len(v)} vectors hold NaN or inf"
+    norms = np.linalg.norm(v, axis=1)
+    zero = int((norms < 1e-8).sum())
+    if zero:
+        return f"{what}: {zero} of {len(v)} vectors are zero"
+    unit = v / norms[:, None]
+    # the widest spread of any coordinate across the batch: ~0 when every text embeds the same
+    if len(v) > 1 and float(np.ptp(unit, axis=0).max()) < 1e-4:
+        return f"{what}: all {len(v)} vectors are the same (a collapsed model)"
+    return ""
 
 
 def rank_metrics(query_vecs, cand_vecs, targets: Sequence[int], k: int = 10) -> RetrievalMetrics:
-    """Recall@k and MRR (full ranking) of `targets[i]` among the candidates for query i."""
+    """Recall@k and MRR (full ranking) of `targets[i]` among the candidates for query i.
+
+    Ties count against the target: its rank is the number of candidates scoring at least as high
+    (itself included), so a model that scores everything alike ranks every target last. NaN,
+    zero or collapsed embeddings are no ranking: metrics 0 and the reason in `degenerate`.
+    """
     import numpy as np
 
     q = np.asarray(query_vecs, dtype=np.float32)
     c = np.asarray(cand_vecs, dtype=np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True) + 1e-12
-    c /= np.linalg.norm(c, axis=1, keepdims=True) + 1e-12
-    scores = q @ c.T
     t = np.asarray(targets)
-    target_scores = scores[np.arange(len(t)), t]
-    # rank = 1 + candidates scoring strictly higher (ties count in the target's favour)
-    ranks = 1 + (scores > target_scores[:, None]).sum(axis=1)
     n = len(t)
+    reason = degenerate_reason(q, "queries") or degenerate_reason(c, "candidates")
+    if reason or not n:
+        return RetrievalMetrics(0.0, 0.0, n, len(c), reason or "no queries")
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    scores = q @ c.T
+    target_scores = scores[np.arange(n), t]
+    ranks = (scores >= target_scores[:, None]).sum(axis=1)
     return RetrievalMetrics(
-        recall_at_10=float((ranks <= k).sum() / n) if n else 0.0,
-        mrr=float((1.0 / ranks).sum() / n) if n else 0.0,
+        recall_at_10=float((ranks <= k).sum() / n),
+        mrr=float((1.0 / ranks).sum() / n),
         queries=n,
         candidates=len(c),
     )
@@ -353,6 +387,28 @@ def evaluate_retrieval(model, pairs: Sequence[dict[str, Any]], dims: Iterable[in
         d_eff = d or a.shape[1]
         out[str(d_eff)] = rank_metrics(a[:, :d_eff], c[:, :d_eff], targets)
     return out
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+def not_worse_than_base(trained: RetrievalMetrics, base: RetrievalMetrics, max_regression: float) -> GateDecision:
+    """The embedding gate: a sound evaluation whose recall@10 and MRR trail the base's by at most
+    `max_regression`. A degenerate evaluation fails, whatever its numbers."""
+    if trained.degenerate:
+        return GateDecision(False, f"trained model: {trained.degenerate}")
+    if base.degenerate:
+        return GateDecision(False, f"base model: {base.degenerate} (nothing to compare with)")
+    short = [f"{name} {t:.3f} < base {b:.3f} - {max_regression}"
+             for name, t, b in (("recall@10", trained.recall_at_10, base.recall_at_10), ("MRR", trained.mrr, base.mrr))
+             if t < b - max_regression]
+    if short:
+        return GateDecision(False, "; ".join(short))
+    return GateDecision(True, f"recall@10 {trained.recall_at_10:.3f} / MRR {trained.mrr:.3f} vs base "
+                              f"{base.recall_at_10:.3f} / {base.mrr:.3f} (max regression {max_regression})")
 
 
 def metrics_dict(m: dict[str, RetrievalMetrics]) -> dict[str, dict[str, float]]:
