@@ -53,8 +53,24 @@ class StageResult:
 
 
 def gate(name: str, asset: dg.AssetKey, description: str) -> dg.AssetCheckSpec:
-    """A blocking check evaluated inside the asset: if it fails, nothing downstream runs."""
+    """A blocking check evaluated inside the asset: if it fails, nothing downstream runs.
+
+    Unless the active profile lists it as informational (configs/<profile>.yaml,
+    `informational_checks`): then it is reported, non-blocking, with the profile's reason in its
+    description, because a gate that cannot fail in that profile would pass on nothing.
+    """
+    from ossa_assets.configs import active_profile_name, informational_checks
+
+    why = informational_checks().get(f"{asset.to_user_string()}:{name}")
+    if why:
+        return dg.AssetCheckSpec(name, asset=asset, blocking=False,
+                                 description=f"{description} Informational in the {active_profile_name()} "
+                                             f"profile (not a gate): {why}")
     return dg.AssetCheckSpec(name, asset=asset, blocking=True, description=description)
+
+
+def blocking_names(specs: Iterable[dg.AssetCheckSpec]) -> frozenset[str]:
+    return frozenset(s.name for s in specs if s.blocking)
 
 
 def single_partition_key(context: dg.AssetExecutionContext) -> str | None:
@@ -109,6 +125,8 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
     """`dg.asset` for stages that produce an `Artifact` of lineage kind `kind`."""
 
     def decorator(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+        blocking = blocking_names(asset_kwargs.get("check_specs") or [])
+
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any):
             context = next(a for a in args if isinstance(a, dg.AssetExecutionContext))
@@ -133,7 +151,8 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
             if art.kind in MODEL_KINDS:
                 trained_on |= {a.lineage_id for a in inputs if a.kind in DATA_KINDS}
             art.derived_from = sorted(set(art.derived_from) | {a.lineage_id for a in inputs} | trained_on)
-            failed = sorted(c.check_name for c in result.checks if not c.passed)
+            # only blocking checks gate consumers; an informational one is reported, not enforced
+            failed = sorted(c.check_name for c in result.checks if not c.passed and c.check_name in blocking)
             if failed:
                 art.meta[FAILED_GATES] = failed
             art.lineage_id = lineage_id_for(art.kind, art.asset_key, art.partition, art.data_version)

@@ -1,7 +1,11 @@
 """MLflow tracking and registry as a Dagster resource.
 
 One MLflow run per Dagster step, tagged with the Dagster run id, step and partition, and ended
-with the step's real outcome: FAILED when the step raises. (dagster-mlflow's `mlflow_tracking`
+with the step's real outcome: FAILED when the step raises, and FAILED when the model failed a
+blocking check (the step then fails too: Dagster fails a step whose blocking check fails). Only a
+model that passed its gates is registered, tagged `ossa.gates=passed`; `set_alias` refuses any
+version without that tag, so a failed model can never hold `champion` or `challenger`.
+(dagster-mlflow's `mlflow_tracking`
 shares one MLflow run across a whole Dagster run and has left runs in the wrong state,
 dagster#21872; it stays installed for users who want it, but the stages use this resource.)
 """
@@ -88,7 +92,7 @@ class MlflowResource(dg.ConfigurableResource):
             client.set_terminated(run.info.run_id, status="FAILED")
             raise
         tracked.flush()
-        client.set_terminated(run.info.run_id, status="FINISHED")
+        client.set_terminated(run.info.run_id, status="FAILED" if tracked.failed_checks else "FINISHED")
 
 
 class TrackedRun:
@@ -108,6 +112,22 @@ class TrackedRun:
         self.artifact_uri = artifact_uri
         self._pending: list = []
         self._flushed_at = time.monotonic()
+        self.failed_checks: list[str] = []
+        self.gates_recorded = False
+
+    def record_gates(self, checks) -> bool:
+        """Record the blocking checks' outcome on the run; True when all passed.
+
+        A failed gate ends the run FAILED (without raising: the step reports the check) and
+        tags it with the failed check names, so MLflow and Dagster tell the same story.
+        """
+        failed = sorted(c.check_name for c in checks if not c.passed)
+        self.failed_checks = failed
+        self.gates_recorded = True
+        self.client.set_tag(self.run_id, GATES_TAG, "failed" if failed else "passed")
+        if failed:
+            self.client.set_tag(self.run_id, FAILED_CHECKS_TAG, ",".join(failed))
+        return not failed
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -141,13 +161,39 @@ class TrackedRun:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
     def register(self, name: str, source: str, tags: dict[str, str] | None = None) -> str:
-        """Register `source` (an artifact URI or a stored path) as a new version of `name`."""
-        try:
-            self.client.create_registered_model(name)
-        except Exception:  # exists already (or raced another process): versions still append
-            pass
-        mv = self.client.create_model_version(name, source, run_id=self.run_id, tags=tags or {})
-        return str(mv.version)
+        """Register `source` (an artifact URI or a stored path) as a new version of `name`.
+
+        Only a model whose gates passed (`record_gates`) is registered: a failed one stays a
+        FAILED run with its artifacts, and never becomes a version that an alias could name.
+        """
+        if not self.gates_recorded:
+            raise ValueError(f"{name}: record the blocking checks (record_gates) before registering")
+        if self.failed_checks:
+            raise ValueError(f"{name}: not registered, it failed {', '.join(self.failed_checks)}")
+        return register_version(self.client, name, source, self.run_id, tags)
+
+
+GATES_TAG = "ossa.gates"  # passed | failed: on the run, and on every registered version
+FAILED_CHECKS_TAG = "ossa.failed_checks"
+
+
+def register_version(client, name: str, source: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """A new version of `name` for a model that passed its blocking checks."""
+    try:
+        client.create_registered_model(name)
+    except Exception:  # exists already (or raced another process): versions still append
+        pass
+    mv = client.create_model_version(name, source, run_id=run_id, tags={**(tags or {}), GATES_TAG: "passed"})
+    return str(mv.version)
+
+
+def set_alias(client, name: str, alias: str, version: str) -> None:
+    """Point `alias` at `version`, which must have passed its gates: the one way ossa moves aliases."""
+    mv = client.get_model_version(name, str(version))
+    if (mv.tags or {}).get(GATES_TAG) != "passed":
+        raise ValueError(f"{name} v{version} did not pass its blocking checks "
+                         f"({GATES_TAG}={(mv.tags or {}).get(GATES_TAG)!r}): it can never hold the alias {alias!r}")
+    client.set_registered_model_alias(name, alias, str(version))
 
 
 @contextlib.contextmanager

@@ -76,6 +76,22 @@ def test_gates_and_blue_green_alias(env):
     assert _checks(bad) == {"not_worse_than_base": False}
     assert not [m for m in bad.get_asset_materialization_events()
                 if m.asset_key == dg.AssetKey(["embeddings", "vector_index"])]
+    # MLflow tells the same story: the good model is a registered version that passed its gate, the
+    # bad one a FAILED run that was never registered
+    client = resources["mlflow"].client()
+
+    def model_run(result):
+        (mat,) = [m for m in result.get_asset_materialization_events()
+                  if m.asset_key == dg.AssetKey(["embeddings", "embedding_model"])]
+        return client.get_run(mat.materialization.metadata["mlflow_run_id"].value)
+
+    good_run, bad_run = model_run(r1), model_run(bad)
+    assert good_run.info.status == "FINISHED" and good_run.data.tags["ossa.gates"] == "passed"
+    assert bad_run.info.status == "FAILED" and bad_run.data.tags["ossa.failed_checks"] == "not_worse_than_base"
+    versions = {v.run_id: v for v in client.search_model_versions("name='ossa-embed-capability'")}
+    assert good_run.info.run_id in versions and bad_run.info.run_id not in versions
+    assert versions[good_run.info.run_id].tags["ossa.gates"] == "passed"
+
     # ...nor in a later one
     from ossa_assets.embeddings.assets import vector_index
 

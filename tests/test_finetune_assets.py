@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from resources.mlflow import MlflowResource
 from tests.conftest import ROOT, copy_sample, curate_all, tiny_resources
@@ -22,11 +22,88 @@ RUN_CONFIG = {"ops": {"finetune__domain_checkpoint": {"config": {"max_steps": 15
                                                                  "learning_rate": 0.001}}}}
 
 
-def test_killed_step_resumes_when_rematerialized(tmp_path, data_root):
+ATTEMPT = """
+import io, os, signal, sys
+from pathlib import Path
+import dagster as dg
+import pytest
+import torch
+from tests.conftest import tiny_resources
+from ossa_assets.finetune.assets import base_model, domain_checkpoint, tokenized_corpus
+data_root, corpus, torn_at, run_config = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+if torn_at:
+    # the fault: killed halfway through writing checkpoint-<torn_at>'s optimizer state
+    _save = torch.save
+    def torn(obj, f, *a, **k):
+        if str(f).endswith(f"checkpoint-{torn_at}/optimizer.pt"):
+            buf = io.BytesIO()
+            _save(obj, buf, *a, **k)
+            Path(f).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _save(obj, f, *a, **k)
+    torch.save = torn
+dg.materialize([domain_checkpoint, base_model.to_source_asset(), tokenized_corpus.to_source_asset()],
+               selection=[domain_checkpoint], partition_key="devops_workflow",
+               resources=tiny_resources(Path(data_root), Path(corpus)), instance=dg.DagsterInstance.ephemeral(),
+               run_config=run_config)
+"""
+
+
+def _losses(probe: Path) -> dict[int, float]:
+    lines = (probe / "losses.jsonl").read_text().split("\n")[:-1] if (probe / "losses.jsonl").exists() else []
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def _complete(work: Path) -> list[int]:
+    from ossa_assets.lib.training import COMPLETE_MARKER
+
+    return sorted(int(d.name.split("-")[1]) for d in work.glob("*/checkpoints/checkpoint-*")
+                  if (d / COMPLETE_MARKER).exists())
+
+
+def _checkpoint_state(work: Path, step: int) -> dict:
+    """The Trainer checkpoint on disk, flattened as the training probe writes a run's start state."""
+    import torch
+    from safetensors.torch import load_file
+
+    (ckpt,) = work.glob(f"*/checkpoints/checkpoint-{step}")
+    flat = {f"model/{k}": v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
+    optim = torch.load(ckpt / "optimizer.pt", weights_only=True)  # our own file, tensors only
+    for idx, st in optim["state"].items():
+        flat.update({f"optim/{idx}/{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
+    return flat
+
+
+def _assert_same_tensors(got: dict, want: dict) -> None:
+    import torch
+
+    assert sorted(got) == sorted(want)
+    assert any(k.endswith("/exp_avg_sq") for k in want), "the optimizer moments are compared too"
+    for k, v in want.items():
+        assert torch.equal(got[k].reshape(v.shape), v), k
+
+
+def _nothing_published(data_root: Path, resources) -> None:
+    from ossa_assets.keys import DOMAIN_CHECKPOINT
+
+    assert resources["store"].load_manifest(DOMAIN_CHECKPOINT, DOMAIN) is None
+    published = data_root / "artifacts" / "finetune" / "domain_checkpoint" / DOMAIN
+    assert not published.exists() or not [p for p in published.iterdir() if not p.name.startswith(".tmp-")]
+
+
+def test_killed_step_resumes_exactly_when_rematerialized(tmp_path, data_root, monkeypatch):
+    """The step is killed for real, twice: at a random step, then halfway through writing a
+    checkpoint. Each re-materialization starts from the exact parameters and optimizer state of the
+    last complete checkpoint (tensors compared with the files on disk), continues the killed
+    attempt's loss curve step for step, never loads the torn checkpoint, and nothing is published
+    until the run completes."""
+    import random
+
+    from safetensors.torch import load_file
+
     from ossa_assets.corpora.assets import curated_corpus
     from ossa_assets.finetune.assets import base_model, domain_checkpoint, tokenized_corpus
-    from ossa_assets.keys import DOMAIN_CHECKPOINT
-    from ossa_assets.lib.training import COMPLETE_MARKER
+    from ossa_assets.lib.training import PROBE_ENV
 
     corpus = copy_sample(tmp_path / "corpus")
     resources = tiny_resources(data_root, corpus)
@@ -37,50 +114,68 @@ def test_killed_step_resumes_when_rematerialized(tmp_path, data_root):
     assert dg.materialize([tokenized_corpus, base_model.to_source_asset(), curated_corpus.to_source_asset()],
                           selection=[tokenized_corpus], partition_key=DOMAIN, resources=resources,
                           instance=instance).success
-
-    # attempt 1 in its own process (another Dagster instance: only the data root is shared)
-    script = textwrap.dedent(f"""
-        import dagster as dg
-        from pathlib import Path
-        from tests.conftest import tiny_resources
-        from ossa_assets.finetune.assets import base_model, domain_checkpoint, tokenized_corpus
-        resources = tiny_resources(Path({str(data_root)!r}), Path({str(corpus)!r}))
-        dg.materialize([domain_checkpoint, base_model.to_source_asset(), tokenized_corpus.to_source_asset()],
-                       selection=[domain_checkpoint], partition_key={DOMAIN!r}, resources=resources,
-                       instance=dg.DagsterInstance.ephemeral(), run_config={RUN_CONFIG!r})
-    """)
-    log = tmp_path / "attempt1.log"
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     work = data_root / "work" / "finetune" / "domain_checkpoint" / DOMAIN
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if any((d / COMPLETE_MARKER).exists() for d in work.glob("*/checkpoints/checkpoint-*")):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "attempt 1 ended before it could be killed:\n" + log.read_text()[-3000:]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    # nothing was published by the killed attempt
-    assert resources["store"].load_manifest(DOMAIN_CHECKPOINT, DOMAIN) is None
-    published = data_root / "artifacts" / "finetune" / "domain_checkpoint" / DOMAIN
-    assert not published.exists() or not [p for p in published.iterdir() if not p.name.startswith(".tmp-")]
-    saved = max(int(d.name.split("-")[1]) for d in work.glob("*/checkpoints/checkpoint-*")
-                if (d / COMPLETE_MARKER).exists())
+    rng = random.Random(5)
 
-    # attempt 2: a plain re-materialization continues where attempt 1's last checkpoint left off
+    def attempt(n: int, torn_at: int = 0, kill_at_step: int = 0) -> Path:
+        probe = tmp_path / f"probe{n}"
+        log = tmp_path / f"attempt{n}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", ATTEMPT, str(data_root), str(corpus), str(torn_at), repr(RUN_CONFIG)],
+            cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", PROBE_ENV: str(probe)})
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if kill_at_step and max(_losses(probe), default=0) >= kill_at_step:
+                    proc.send_signal(signal.SIGKILL)
+                time.sleep(0.02)
+            assert proc.wait(timeout=30) == -signal.SIGKILL, "attempt was not killed:\n" + log.read_text()[-3000:]
+        finally:
+            proc.kill()
+            proc.wait()
+        _nothing_published(data_root, resources)
+        return probe
+
+    # attempt 1: killed at a random step past the first checkpoint
+    kill_at = rng.randint(12, 60)
+    probe1 = attempt(1, kill_at_step=kill_at)
+    saved1 = _complete(work)[-1]
+    assert 10 <= saved1 <= kill_at
+    state1 = _checkpoint_state(work, saved1)
+    curve1 = _losses(probe1)
+
+    # attempt 2: resumes, then dies halfway through writing a later checkpoint
+    torn_at = saved1 + 10 * rng.randint(2, 4)
+    probe2 = attempt(2, torn_at=torn_at)
+    _assert_same_tensors(load_file(str(probe2 / f"start-{saved1}.safetensors")), state1)
+    curve2 = _losses(probe2)
+    assert min(curve2) == saved1 + 1 and max(curve2) == torn_at
+    for step in set(curve1) & set(curve2):  # the killed attempt's curve, continued exactly
+        assert curve2[step] == pytest.approx(curve1[step], rel=1e-6), step
+    (torn,) = work.glob(f"*/checkpoints/checkpoint-{torn_at}")
+    assert (torn / "optimizer.pt").is_file() and not (torn / "ossa_checkpoint_complete").exists()
+    saved2 = _complete(work)[-1]
+    assert saved2 == torn_at - 10
+    state2 = _checkpoint_state(work, saved2)
+
+    # attempt 3: a plain re-materialization in this process finishes the job
+    monkeypatch.setenv(PROBE_ENV, str(tmp_path / "probe3"))
     res = dg.materialize([domain_checkpoint, base_model.to_source_asset(), tokenized_corpus.to_source_asset()],
                          selection=[domain_checkpoint], partition_key=DOMAIN, resources=resources,
                          instance=instance, run_config=RUN_CONFIG)
     assert res.success
     md = {k: v.value for k, v in res.asset_materializations_for_node("finetune__domain_checkpoint")[0].metadata.items()}
-    assert md["resumed_from_step"] >= saved >= 10 and md["steps"] == 150
+    assert md["resumed_from_step"] == saved2  # the torn checkpoint-<torn_at> was never loaded
+    _assert_same_tensors(load_file(str(tmp_path / "probe3" / f"start-{saved2}.safetensors")), state2)
+    curve3 = _losses(tmp_path / "probe3")
+    assert sorted(curve3) == list(range(saved2 + 1, 151))
+    for step in set(curve2) & set(curve3):
+        assert curve3[step] == pytest.approx(curve2[step], rel=1e-6), step
     art = res.output_for_node("finetune__domain_checkpoint")
     assert (Path(art.path) / "model.safetensors").is_file()
     report = json.loads((Path(art.path) / "ossa_train_report.json").read_text())
-    assert len(report["step_losses"]) == 150 - md["resumed_from_step"]
+    assert report["step_losses"] == pytest.approx([curve3[s] for s in sorted(curve3)])
     assert not work.exists() or not any(work.iterdir()), "resume state is removed once published"
 
 
@@ -133,20 +228,48 @@ def test_adapter_promotion_challenger_and_champion(tmp_path, data_root):
                              instance=instance, raise_on_error=False,
                              run_config={"ops": {"lora__multitask_adapter": {"config": config}}})
         md = res.asset_materializations_for_node("lora__multitask_adapter")[0].metadata
-        return md["registered_model"].value.rsplit("v", 1)[1], md["promotion"].value
+        run = client.get_run(res.asset_materializations_for_node("lora__multitask_adapter")[0]
+                             .metadata["mlflow_run_id"].value)
+        return md["registered_model"].value.rsplit("v", 1)[-1], md["promotion"].value, run, res.success
 
     client = resources["mlflow"].client()
     name = f"ossa-{DOMAIN}-adapter"
-    v1, p1 = adapter()
-    assert "champion" in p1 and str(client.get_model_version_by_alias(name, "champion").version) == v1
-    # a diverged adapter fails its blocking check: challenger only, the champion stays
-    v2, p2 = adapter(learning_rate=0.5)
-    assert "challenger: blocking checks failed" in p2
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == v2
+    v1, p1, run1, ok1 = adapter()
+    assert ok1 and "champion" in p1 and str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert run1.info.status == "FINISHED" and run1.data.tags["ossa.gates"] == "passed"
+    # a diverged adapter fails its blocking check: Dagster fails the step, MLflow says FAILED, and
+    # no version is registered, so no alias can ever name it
+    _, p2, run2, ok2 = adapter(learning_rate=0.5)
+    assert not ok2 and p2.startswith("not registered: blocking check failed")
+    assert run2.info.status == "FAILED" and run2.data.tags["ossa.gates"] == "failed"
+    assert run2.data.tags["ossa.failed_checks"] == "adapter_not_worse_than_checkpoint"
+    assert not client.search_model_versions(f"name='{name}' and run_id='{run2.info.run_id}'")
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == v1
     assert str(client.get_model_version_by_alias(name, "champion").version) == v1
     # a sound one is compared with the champion on the same held-out documents
-    v3, p3 = adapter(seed=1)
+    v3, p3, run3, ok3 = adapter(seed=1)
+    assert ok3 and run3.info.status == "FINISHED" and int(v3) == int(v1) + 1
     champion = str(client.get_model_version_by_alias(name, "champion").version)
     assert str(client.get_model_version_by_alias(name, "challenger").version) == v3
     assert p3.startswith(f"v{v3} {'champion' if champion == v3 else 'challenger'}:"), p3
     assert "held-out loss" in p3 and f"v{v1}" not in p3  # compared with the champion's loss
+
+
+def test_an_alias_never_names_a_version_that_failed_its_gates(data_root):
+    """The one way ossa moves an alias refuses a version not tagged as having passed its gates
+    (one registered by hand, or by an older release), whatever the caller believes."""
+    from resources.mlflow import register_version, set_alias
+
+    mlflow = MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}",
+                            artifact_root=str(data_root / "mlflow-artifacts"))
+    client = mlflow.client()
+    run = client.create_run(client.get_experiment_by_name("ossa").experiment_id)
+    client.create_registered_model("m")
+    failed = client.create_model_version("m", "/nowhere", run_id=run.info.run_id, tags={"ossa.gates": "failed"})
+    untagged = client.create_model_version("m", "/nowhere", run_id=run.info.run_id)
+    for v in (failed.version, untagged.version):
+        with pytest.raises(ValueError, match="did not pass its blocking checks"):
+            set_alias(client, "m", "champion", v)
+    good = register_version(client, "m", "/somewhere", run.info.run_id)
+    set_alias(client, "m", "champion", good)
+    assert str(client.get_model_version_by_alias("m", "champion").version) == good

@@ -42,6 +42,8 @@ def profiled(cls: type[T], section: str, profile: str | None = None) -> type[T]:
     """Return `cls` with the profile's values for `section` as field defaults."""
     import pydantic
 
+    if section == INFORMATIONAL:
+        raise ValueError(f"{INFORMATIONAL!r} is not a config section")
     values = load_profile(profile or active_profile_name()).get(section) or {}
     fields = cls.model_fields  # type: ignore[attr-defined]
     unknown = sorted(set(values) - set(fields))
@@ -64,3 +66,19 @@ def profiled(cls: type[T], section: str, profile: str | None = None) -> type[T]:
         namespace["__annotations__"][name] = info.annotation
         namespace[name] = pydantic.Field(default=value, description=info.description)
     return type(cls.__name__, (cls,), namespace)  # type: ignore[return-value]
+
+
+INFORMATIONAL = "informational_checks"  # profile section: "<asset key>:<check>" -> why it cannot gate
+
+
+def informational_checks(profile: str | None = None) -> dict[str, str]:
+    """Checks the profile reports without gating on them, each with the reason.
+
+    A blocking check that cannot fail is worse than none: it says "passed" about nothing. Where
+    a profile's models cannot reach a meaningful level (tiny models write no valid document),
+    the profile lists the check here and it runs as a non-blocking check that says why.
+    """
+    found = load_profile(profile or active_profile_name()).get(INFORMATIONAL) or {}
+    if not isinstance(found, dict) or not all(isinstance(v, str) and v for v in found.values()):
+        raise ValueError(f"profile section {INFORMATIONAL!r} maps '<asset>:<check>' to a reason")
+    return dict(found)

@@ -159,15 +159,13 @@ def embedding_model(
             # the report holds timings: identical weights get the identical version
             final, version = publish_versioned(tmp / "model", parent, exclude=("ossa_train_report.json",))
         run.log_artifact(final / "ossa_train_report.json", "model")
-        registered = run.register(f"ossa-embed-{kind}", source=str(final),
-                                  tags={"dagster_run_id": context.run.run_id, "data_version": version,
-                                        "pairs_version": pairs.data_version})
+    # registered by embedding_eval, and only if it passes its gate there
     return StageResult(
         Artifact(kind="EmbeddingModel", path=str(final), data_version=version,
                  meta={"model": kind, "dim": k.dim, "matryoshka_dims": list(k.matryoshka_dims),
                        "base_path": base, "max_seq_length": config.max_seq_length,
                        "mlflow_run_id": run.run_id, "registered_model": f"ossa-embed-{kind}",
-                       "model_version": registered}),
+                       "pairs_version": pairs.data_version}),
         metadata={
             "dimension": k.dim,
             "matryoshka_dims": dg.JsonMetadataValue(list(k.matryoshka_dims)),
@@ -176,7 +174,6 @@ def embedding_model(
             "first_loss": dg.FloatMetadataValue(round(report.step_losses[0], 4) if report.step_losses else 0.0),
             "last_loss": dg.FloatMetadataValue(round(report.step_losses[-1], 4) if report.step_losses else 0.0),
             "train_seconds": dg.FloatMetadataValue(round(report.train_seconds, 2)),
-            "registered_model": f"ossa-embed-{kind} v{registered}",
         },
     )
 
@@ -209,18 +206,15 @@ def embedding_eval(
     trained = em.evaluate_retrieval(load_embedder(model.path, seq), heldout, model.meta["matryoshka_dims"])
     base = em.evaluate_retrieval(load_embedder(model.meta["base_path"], seq), heldout, (None,))
     full, (base_key, base_m) = trained[str(model.meta["dim"])], next(iter(base.items()))
-    passed = (full.recall_at_10 >= base_m.recall_at_10 - config.max_regression
-              and full.mrr >= base_m.mrr - config.max_regression)
+    decision = em.not_worse_than_base(full, base_m, config.max_regression)
+    passed = decision.passed
     report = {"model": kind, "model_version": model.data_version, "pairs_version": pairs.data_version,
-              "trained": em.metrics_dict(trained), "base": em.metrics_dict(base), "passed": passed}
+              "trained": em.metrics_dict(trained), "base": em.metrics_dict(base), "passed": passed,
+              "reason": decision.reason}
     version = sha256_json(report)
     out = store.dir_for(context.asset_key, kind) / f"{version[:16]}.json"
     atomic_write_text(out, json.dumps(report, indent=2, sort_keys=True))
-    if model.meta.get("mlflow_run_id"):
-        client = mlflow.client()
-        for dim, m in trained.items():
-            client.log_metric(model.meta["mlflow_run_id"], f"heldout_recall_at_10_d{dim}", m.recall_at_10)
-            client.log_metric(model.meta["mlflow_run_id"], f"heldout_mrr_d{dim}", m.mrr)
+    registered = _register_if_passed(context, mlflow, model, kind, passed, decision.reason, trained)
     table = "\n".join(
         ["| model | dim | recall@10 | MRR |", "|---|---|---|---|",
          f"| base | {base_key} | {base_m.recall_at_10:.3f} | {base_m.mrr:.3f} |"]
@@ -229,8 +223,7 @@ def embedding_eval(
     check = dg.AssetCheckResult(
         check_name="not_worse_than_base",
         passed=passed,
-        description=(f"trained recall@10 {full.recall_at_10:.3f} / MRR {full.mrr:.3f} vs base "
-                     f"{base_m.recall_at_10:.3f} / {base_m.mrr:.3f} (max regression {config.max_regression})"),
+        description=decision.reason,
         metadata={"trained_recall_at_10": full.recall_at_10, "base_recall_at_10": base_m.recall_at_10,
                   "trained_mrr": full.mrr, "base_mrr": base_m.mrr},
     )
@@ -245,9 +238,42 @@ def embedding_eval(
             "base_mrr": dg.FloatMetadataValue(round(base_m.mrr, 4)),
             "heldout_pairs": full.queries,
             "by_dimension": dg.MarkdownMetadataValue(table),
+            "registered_model": f"ossa-embed-{kind} v{registered}" if registered else "not registered",
         },
         checks=[check],
     )
+
+
+def _register_if_passed(context, mlflow: MlflowResource, model: Artifact, kind: str, passed: bool,
+                        reason: str, trained: dict) -> str | None:
+    """The model's MLflow run gets the verdict: a registered version when it passed, FAILED when not.
+
+    The training run ended FINISHED before anyone judged the model; its gate is here, so this is
+    where MLflow learns the outcome, in the same words as the check.
+    """
+    from resources.mlflow import FAILED_CHECKS_TAG, GATES_TAG, register_version
+
+    run_id = model.meta.get("mlflow_run_id")
+    if not run_id:
+        return None
+    client = mlflow.client()
+    for dim, m in trained.items():
+        client.log_metric(run_id, f"heldout_recall_at_10_d{dim}", m.recall_at_10)
+        client.log_metric(run_id, f"heldout_mrr_d{dim}", m.mrr)
+    client.set_tag(run_id, GATES_TAG, "passed" if passed else "failed")
+    if not passed:
+        client.set_tag(run_id, FAILED_CHECKS_TAG, "not_worse_than_base")
+        client.set_tag(run_id, "ossa.gate_reason", reason[:5000])
+        client.set_terminated(run_id, status="FAILED")
+        context.log.warning(f"ossa-embed-{kind} not registered: {reason}")
+        return None
+    name = f"ossa-embed-{kind}"
+    done = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    if done:  # the same model judged again: one version per trained model
+        return str(done[0].version)
+    return register_version(client, name, model.path, run_id,
+                            {"dagster_run_id": context.run.run_id, "data_version": model.data_version,
+                             "pairs_version": model.meta.get("pairs_version", "")})
 
 
 CODE_UNITS = ("operation", "schema", "node", "job")

@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import dagster as dg
 
-from ossa_assets.artifact_asset import StageResult, artifact_asset, gate
+from ossa_assets.artifact_asset import StageResult, artifact_asset, blocking_names, gate
 from ossa_assets.corpora.partitions import domain_partitions
 from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig, TokenizeConfig
 from ossa_assets.keys import BASE_MODEL, CURATED_CORPUS, DOMAIN_CHECKPOINT, TOKENIZED_CORPUS
@@ -168,6 +168,8 @@ CHECKPOINT_CHECKS = [
     ("token_accuracy_threshold", "Next-token accuracy on held-out documents at least `min_token_accuracy`."),
     ("format_validity_threshold", "Share of sampled generations the domain's curator accepts."),
 ]
+CHECKPOINT_GATES = [gate(name, DOMAIN_CHECKPOINT, why) for name, why in CHECKPOINT_CHECKS]
+BLOCKING = blocking_names(CHECKPOINT_GATES)  # the profile may report some checks without gating
 
 
 @artifact_asset(
@@ -180,7 +182,7 @@ CHECKPOINT_CHECKS = [
     owners=["team:ml"],
     pool=GPU_POOL,
     op_tags=gpu_pod_tags(gpus=8, cpu="32", memory="400Gi"),
-    check_specs=[gate(name, DOMAIN_CHECKPOINT, why) for name, why in CHECKPOINT_CHECKS],
+    check_specs=CHECKPOINT_GATES,
 )
 def domain_checkpoint(
     context: dg.AssetExecutionContext,
@@ -244,17 +246,22 @@ def domain_checkpoint(
         run.log_artifact(final / "config.json", "checkpoint")
         run.log_artifact(final / "ossa_train_report.json", "checkpoint")
         run.log_artifact(final / "ossa_loss_curve.svg", "checkpoint")
-        model_version = run.register(
-            f"ossa-{domain}-checkpoint",
-            source=str(final),
-            tags={"dagster_run_id": context.run.run_id, "data_version": version,
-                  "corpus_version": tokenized.data_version},
-        )
+        # the gates decide before MLflow does: a failed check ends the run FAILED, unregistered
+        checks = _checks(config, report, validity)
+        model_version = None
+        if run.record_gates(c for c in checks if c.check_name in BLOCKING):
+            model_version = run.register(
+                f"ossa-{domain}-checkpoint",
+                source=str(final),
+                tags={"dagster_run_id": context.run.run_id, "data_version": version,
+                      "corpus_version": tokenized.data_version},
+            )
+        else:
+            context.log.warning(f"ossa-{domain}-checkpoint not registered: failed {', '.join(run.failed_checks)}")
     import shutil
 
     # published: the resume state has served its purpose
     shutil.rmtree(work, ignore_errors=True)
-    checks = _checks(config, report, validity)
     final_val = report["final_val"]
     size = sum(f.stat().st_size for f in final.iterdir() if f.is_file())
     return StageResult(
@@ -287,7 +294,8 @@ def domain_checkpoint(
             "model_bytes": size,
             "parameters": report["parameters"],
             "loss_curve": dg.MetadataValue.path(str(final / "ossa_loss_curve.svg")),
-            "registered_model": f"ossa-{domain}-checkpoint v{model_version}",
+            "registered_model": (f"ossa-{domain}-checkpoint v{model_version}" if model_version
+                                 else f"not registered (failed {', '.join(run.failed_checks)})"),
         },
         checks=checks,
     )

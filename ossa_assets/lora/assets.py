@@ -118,19 +118,23 @@ def multitask_adapter(
             check_name="adapter_not_worse_than_checkpoint",
             passed=adapter_loss <= checkpoint_loss * (1 + config.max_regression),
             description=f"held-out loss {adapter_loss:.4f} vs checkpoint {checkpoint_loss:.4f} "
-            f"(tolerance {config.max_regression:.0%})",
+            f"(tolerance {config.max_regression:.1%})",
             metadata={"adapter_val_loss": adapter_loss, "checkpoint_val_loss": checkpoint_loss},
         )
-        model_version = run.register(
-            name,
-            source=f"{run.artifact_uri}/adapter",
-            tags={"dagster_run_id": context.run.run_id, "data_version": version,
-                  "checkpoint_version": checkpoint.data_version, "adapter_path": str(final),
-                  "checkpoint_path": checkpoint.path, "val_loss": f"{adapter_loss:.6f}"},
-        )
-        promotion = _promote(run.client, name, model_version, domain, adapter_loss, check.passed,
-                             val_texts, config)
-        context.log.info(f"{name} v{model_version}: {promotion}")
+        model_version = None
+        if run.record_gates([check]):
+            model_version = run.register(
+                name,
+                source=f"{run.artifact_uri}/adapter",
+                tags={"dagster_run_id": context.run.run_id, "data_version": version,
+                      "checkpoint_version": checkpoint.data_version, "adapter_path": str(final),
+                      "checkpoint_path": checkpoint.path, "val_loss": f"{adapter_loss:.6f}"},
+            )
+            promotion = _promote(run.client, name, model_version, domain, adapter_loss, val_texts, config)
+        else:
+            # failed its gate: a FAILED MLflow run, no registered version, so no alias can name it
+            promotion = f"not registered: blocking check failed ({check.description})"
+        context.log.info(f"{name}: {promotion}")
     return StageResult(
         Artifact(
             kind="Adapter",
@@ -153,7 +157,7 @@ def multitask_adapter(
             "total_parameters": report.total_parameters,
             "task_blocks": dg.JsonMetadataValue(report.mixture),
             "train_seconds": dg.FloatMetadataValue(round(report.train_seconds, 2)),
-            "registered_model": f"ossa-{domain}-adapter v{model_version}",
+            "registered_model": f"ossa-{domain}-adapter v{model_version}" if model_version else "not registered",
             "per_domain_val_loss": dg.JsonMetadataValue(
                 {d: {k: round(v, 4) for k, v in r.items()} for d, r in (report.per_domain or {}).items()}),
             "promotion": promotion,
@@ -162,13 +166,14 @@ def multitask_adapter(
     )
 
 
-def _promote(client, name: str, version: str, domain: str, loss: float,
-             checks_passed: bool, val_texts: list[str], config) -> str:
-    """challenger always; champion if checks pass and not worse than the champion (lib.promotion)."""
+def _promote(client, name: str, version: str, domain: str, loss: float, val_texts: list[str], config) -> str:
+    """A registered version (it passed its gate) is `challenger`; `champion` if it is not worse than
+    the champion on today's held-out documents (lib.promotion). Aliases move through `set_alias`,
+    which refuses a version that did not pass its gates."""
     from ossa_assets.lib.promotion import CHALLENGER, CHAMPION, decide
-    from resources.mlflow import registry_alias_version
+    from resources.mlflow import registry_alias_version, set_alias
 
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    set_alias(client, name, CHALLENGER, version)
     champion = registry_alias_version(client, name, CHAMPION)
     champion_loss = None
     if champion is not None and str(champion.version) != str(version):
@@ -180,9 +185,9 @@ def _promote(client, name: str, version: str, domain: str, loss: float,
                 seq_len=config.seq_len, max_blocks=config.max_eval_blocks)
         else:  # its files are gone: fall back to the loss it recorded when it was registered
             champion_loss = float(tags.get("val_loss", "nan"))
-    decision = decide(checks_passed, loss, champion_loss, config.promotion_tolerance)
+    decision = decide(True, loss, champion_loss, config.promotion_tolerance)
     if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        set_alias(client, name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", decision.reason)
     verdict = "champion" if decision.promote else "challenger"
     return f"v{version} {verdict}: {decision.reason}"
