@@ -139,6 +139,8 @@ class FinetuneReport:
     resumed_from_step: int = 0
     world_size: int = 1
     peak_memory_bytes: int = 0
+    strategy: str = "single"  # what trained: single | ddp | fsdp2 (read off the run, not the config)
+    sharding: list[dict[str, Any]] | None = None  # FSDP: each rank's parameter share during training
 
 
 def finetune_domain(
@@ -154,11 +156,12 @@ def finetune_domain(
 ) -> FinetuneReport:
     """Fine-tune the base on one domain's token blocks; save model + tokenizer to out_dir.
 
-    Under torchrun every rank trains; rank 0 alone evaluates and writes out_dir.
+    Under torchrun every rank trains; rank 0 alone evaluates and writes out_dir (under FSDP from
+    the full state dict gathered after training: no rank ever holds the whole model before that).
     """
     import os
 
-    dtype = "bfloat16" if settings.precision == "bf16" and modeling.best_device() == "cuda" else "float32"
+    dtype = "bfloat16" if settings.precision == "bf16" and modeling.best_device().startswith("cuda") else "float32"
     model, tokenizer = load_base(base_dir, dtype=dtype)
     model.to(modeling.best_device())
     train_blocks = load_blocks(tokenized_dir, "train")
@@ -169,7 +172,9 @@ def finetune_domain(
     result = train(model, train_blocks, pad, settings, str(work_dir), log_metrics, checkpoint_dir)
     if not rank0:
         return FinetuneReport({}, {}, result.step_losses, len(train_blocks), len(val_blocks),
-                              result.train_seconds, 0.0, 0, result.resumed_from_step, result.world_size)
+                              result.train_seconds, 0.0, 0, result.resumed_from_step, result.world_size,
+                              strategy=result.strategy)
+    model = result.model  # FSDP: an unsharded copy of the gathered weights
     after = evaluate(model, val_blocks, pad)
     if log_metrics:
         log_metrics(_eval_metrics("val", after), result.steps)
@@ -187,6 +192,8 @@ def finetune_domain(
         resumed_from_step=result.resumed_from_step,
         world_size=result.world_size,
         peak_memory_bytes=result.peak_memory_bytes,
+        strategy=result.strategy,
+        sharding=result.sharding or None,
     )
 
 

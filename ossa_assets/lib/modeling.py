@@ -105,6 +105,11 @@ def parameter_count(model) -> int:
 
 
 def best_device() -> str:
+    """This process's device: under torchrun each rank owns the GPU of its LOCAL_RANK."""
+    import os
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"

@@ -64,6 +64,39 @@ def run(spec: TrainJobSpec, log_metrics=None):
     return report
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (PR_SET_PDEATHSIG).
+
+    torchrun starts its workers in sessions of their own, so killing a step (or torchrun) would
+    leave ranks training on, writing checkpoints into the directory the next attempt resumes
+    from. With this in torchrun (set before its exec) and in every worker, a killed step takes
+    the whole tree with it.
+    """
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to arm
+        return
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+# exec torchrun with the parent-death signal armed (it survives exec, unlike preexec_fn's fork
+# hazards in a threaded step process)
+_EXEC_DYING_WITH_PARENT = (
+    "import os, sys; from ossa_assets.lib.train_job import die_with_parent; die_with_parent(); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def torchrun_command(spec_path: Path, nproc: int) -> list[str]:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    return [sys.executable, "-c", _EXEC_DYING_WITH_PARENT, torchrun, "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "ossa_assets.lib.train_job", str(spec_path)]
+
+
 def launch(spec: TrainJobSpec, spec_path: Path, nproc: int, log_path: Path | None = None) -> dict[str, Any]:
     """Run the spec under torchrun with `nproc` processes; return rank 0's report.
 
@@ -71,9 +104,7 @@ def launch(spec: TrainJobSpec, spec_path: Path, nproc: int, log_path: Path | Non
     a non-zero exit raises with its tail: the step fails with the trainer's own error.
     """
     spec.save(spec_path)
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "ossa_assets.lib.train_job",
-           str(spec_path)]
+    cmd = torchrun_command(spec_path, nproc)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     out = open(log_path, "w") if log_path else subprocess.DEVNULL
     try:
@@ -83,7 +114,7 @@ def launch(spec: TrainJobSpec, spec_path: Path, nproc: int, log_path: Path | Non
             out.close()
     if proc.returncode != 0:
         tail = Path(log_path).read_text()[-3000:] if log_path else ""
-        raise RuntimeError(f"torchrun exited {proc.returncode}: {' '.join(cmd)}\n{tail}")
+        raise RuntimeError(f"torchrun exited {proc.returncode}: {' '.join(cmd[3:])}\n{tail}")
     return json.loads(Path(spec.report_path).read_text())
 
 
@@ -92,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m ossa_assets.lib.train_job SPEC.json", file=sys.stderr)
         return 2
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: never outlive the launcher
+        die_with_parent()
     run(TrainJobSpec.load(args[0]))
     return 0
 

@@ -156,6 +156,48 @@ class TrainResult:
     resumed_from_step: int = 0
     world_size: int = 1
     peak_memory_bytes: int = 0
+    strategy: str = "single"  # what ran, read off the wrapped model: single | ddp | fsdp2
+    sharding: list[dict[str, Any]] = field(default_factory=list)  # per rank, FSDP only
+    model: Any = None  # the trained model this rank can evaluate and save (None: not rank 0 under FSDP)
+
+
+# Set to a directory, and every training run writes the exact state it starts from (parameters and
+# optimizer state, after a resume loaded its checkpoint) to start-<step>.safetensors there, and
+# appends each step's loss to losses.jsonl: how the resume tests compare a resumed run with the
+# checkpoint on disk, tensor by tensor, and with the killed run's loss curve. Off by default.
+PROBE_ENV = "OSSA_TRAIN_PROBE_DIR"
+
+
+def probe_loss(step: int, loss: float) -> None:
+    import json
+    import os
+
+    probe = os.environ.get(PROBE_ENV)
+    if probe:
+        Path(probe).mkdir(parents=True, exist_ok=True)
+        with open(Path(probe) / "losses.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "loss": loss, "pid": os.getpid()}) + "\n")
+
+
+def write_probe(probe_dir: Path, step: int, model_state: dict[str, Any], optim_state: dict[str, Any]) -> Path:
+    """Flatten model + optimizer state into one safetensors file (atomically)."""
+    import torch
+    from safetensors.torch import save_file
+
+    flat: dict[str, Any] = {}
+    for name, t in model_state.items():
+        if isinstance(t, torch.Tensor):
+            flat[f"model/{name}"] = t.detach().cpu().clone().contiguous()
+    for key, st in (optim_state.get("state") or {}).items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                flat[f"optim/{key}/{k}"] = v.detach().cpu().clone().contiguous().reshape(v.shape)
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    out = probe_dir / f"start-{step}.safetensors"
+    tmp = out.with_suffix(".tmp")
+    save_file(flat, str(tmp))
+    tmp.replace(out)
+    return out
 
 
 def latest_complete_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
@@ -205,8 +247,9 @@ def train(
 
     With `checkpoint_dir` and `settings.save_steps`, a checkpoint is written every `save_steps`
     optimizer steps and training resumes from the newest complete one: a killed run loses at
-    most `save_steps` steps. Launched under torchrun (WORLD_SIZE > 1) the Trainer runs DDP (or
-    FSDP), `batch_size` per process; on CPU the gloo backend.
+    most `save_steps` steps. Launched under torchrun (WORLD_SIZE > 1) the Trainer runs DDP, or
+    with `distributed="fsdp"` torch's FSDP2 loop (lib/fsdp.py) shards the model; `batch_size`
+    per process; NCCL on GPUs, gloo on CPU. The result names the strategy that really ran.
     """
     import os
     import time
@@ -224,6 +267,13 @@ def train(
         precision = settings.precision
     world = int(os.environ.get("WORLD_SIZE", "1"))
     random.seed(settings.seed)
+    if world > 1 and settings.distributed == "fsdp":
+        # the Trainer cannot shard on CPU (accelerate falls back to DDP without a word): torch's
+        # FSDP2 loop runs on GPUs and CPUs alike (lib/fsdp.py)
+        from ossa_assets.lib.fsdp import train_fsdp
+
+        return train_fsdp(model, train_blocks, pad_id, settings, log_metrics, checkpoint_dir)
+
     losses: list[float] = []
     resume = latest_complete_checkpoint(checkpoint_dir) if settings.save_steps else None
 
@@ -231,6 +281,8 @@ def train(
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
+                if state.is_world_process_zero:
+                    probe_loss(state.global_step, float(logs["loss"]))
                 if log_metrics and state.is_world_process_zero:
                     log_metrics({"train_loss": float(logs["loss"])}, state.global_step)
 
@@ -241,12 +293,15 @@ def train(
                 if ckpt.is_dir():
                     (ckpt / COMPLETE_MARKER).write_text(str(state.global_step))
 
+    class _Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
+            probe = os.environ.get(PROBE_ENV)
+            if probe and state.is_world_process_zero:
+                write_probe(Path(probe), state.global_step, dict(model.state_dict()), optimizer.state_dict())
+
     dist: dict[str, Any] = {}
     if world > 1:
         dist["ddp_backend"] = "nccl" if cuda else "gloo"
-        if settings.distributed == "fsdp":
-            dist["fsdp"] = "full_shard auto_wrap"
-            dist["fsdp_config"] = {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
     save = bool(settings.save_steps and checkpoint_dir)
     args = TrainingArguments(
         output_dir=str(checkpoint_dir) if save else work_dir,
@@ -278,13 +333,24 @@ def train(
         model=model,
         args=args,
         train_dataset=BlockDataset(train_blocks, pad_id),
-        callbacks=[_Collect()],
+        callbacks=[_Collect(), _Probe()],
     )
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
+    strategy = _strategy_that_ran(trainer, world)
     resumed_at = int(resume.name.split("-", 1)[1]) if resume else 0
     done = settings.max_steps - resumed_at
     tokens = done * settings.batch_size * settings.grad_accum * world * len(train_blocks[0])
     return TrainResult(losses, settings.max_steps, seconds, tokens, resumed_at, world,
-                       _peak_memory_bytes(cuda))
+                       _peak_memory_bytes(cuda), strategy=strategy, model=model)
+
+
+def _strategy_that_ran(trainer, world: int) -> str:
+    """Read what the Trainer actually wrapped the model in; refuse a silent fallback."""
+    wrapped = type(trainer.model_wrapped).__name__
+    if world == 1:
+        return "single"
+    if wrapped != "DistributedDataParallel" or getattr(trainer, "is_fsdp_enabled", False):
+        raise RuntimeError(f"asked for DDP on {world} processes, the Trainer ran {wrapped}")
+    return "ddp"

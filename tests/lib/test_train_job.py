@@ -42,7 +42,7 @@ def prepared(tmp_path_factory):
 
 def _spec(tmp: Path, prepared, **settings) -> TrainJobSpec:
     base, tokenized = prepared
-    s = TrainSettings(max_steps=40, batch_size=4, learning_rate=3e-3, save_steps=5, seed=0)
+    s = TrainSettings(max_steps=60, batch_size=4, learning_rate=3e-3, save_steps=5, seed=0)
     s = replace(s, **settings)
     return TrainJobSpec(
         base_dir=str(base), tokenized_dir=str(tokenized), domain="api_spec", out_dir=str(tmp / "out"),
@@ -56,40 +56,18 @@ def _start(spec_path: Path, log: Path) -> subprocess.Popen:
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV)
 
 
-def test_killed_training_resumes_from_its_last_complete_checkpoint(tmp_path, prepared):
-    spec = _spec(tmp_path, prepared, max_steps=400, save_steps=10)
-    spec.save(tmp_path / "spec.json")
-    proc = _start(tmp_path / "spec.json", tmp_path / "first.log")
-    ckpt = Path(spec.checkpoint_dir)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            done = [d for d in ckpt.glob("checkpoint-*") if (d / COMPLETE_MARKER).exists()]
-            if any(int(d.name.split("-")[1]) >= 20 for d in done):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "training finished before it could be killed:\n" + (tmp_path / "first.log").read_text()[-2000:]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    # killed: nothing was published, the report does not exist
-    assert not Path(spec.out_dir).exists() and not Path(spec.report_path).exists()
-    resume_at = int(latest_complete_checkpoint(ckpt).name.split("-")[1])
-    assert 20 <= resume_at < 400
-    # a checkpoint torn by the kill (no marker) would be removed, never resumed from
-    torn = ckpt / "checkpoint-9999"
-    torn.mkdir()
-    (torn / "trainer_state.json").write_text("{")
-    assert latest_complete_checkpoint(ckpt).name == f"checkpoint-{resume_at}" and not torn.exists()
-
-    proc = _start(tmp_path / "spec.json", tmp_path / "second.log")
-    assert proc.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    report = json.loads(Path(spec.report_path).read_text())
-    assert report["resumed_from_step"] == resume_at
-    # the resumed attempt logged only the remaining steps, and the artifact is complete
-    assert len(report["step_losses"]) == 400 - resume_at
-    assert (Path(spec.out_dir) / "model.safetensors").is_file()
-    assert report["final_val"]["val_loss"] < report["initial_val"]["val_loss"]
+def test_only_marked_checkpoints_count_and_torn_ones_are_removed(tmp_path):
+    """A checkpoint directory without the completion marker (a save cut short) is never resumed from."""
+    for step, marked in ((10, True), (20, True), (30, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "trainer_state.json").write_text("{")
+        if marked:
+            (d / COMPLETE_MARKER).write_text(str(step))
+    (tmp_path / "checkpoint-x").mkdir()  # not ours: left alone
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-20"
+    assert not (tmp_path / "checkpoint-30").exists() and (tmp_path / "checkpoint-x").is_dir()
+    assert latest_complete_checkpoint(tmp_path / "missing") is None
 
 
 @pytest.fixture(scope="module")
@@ -103,26 +81,151 @@ def single_process_report(tmp_path_factory, prepared):
     return json.loads(Path(one.report_path).read_text())
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_torchrun_two_processes_match_one(tmp_path, prepared, single_process_report, strategy):
-    """2 processes x batch 4 (gloo on CPU) against 1 process x batch 8: same effective batch."""
-    from ossa_assets.lib import modeling, train_job
+def _reproduces(spec: TrainJobSpec, prepared, loss: float) -> None:
+    """The saved model is whole: loaded in one plain process it gives the reported validation loss."""
+    from ossa_assets.lib import modeling
     from ossa_assets.lib.finetune import load_blocks
     from ossa_assets.lib.training import evaluate
 
-    two = _spec(tmp_path, prepared, batch_size=4, save_steps=0, distributed=strategy)
+    model = modeling.load_causal_lm(spec.out_dir)
+    tok = modeling.load_tokenizer(spec.out_dir)
+    base = modeling.load_causal_lm(prepared[0])
+    assert modeling.parameter_count(model) == modeling.parameter_count(base)
+    assert evaluate(model, load_blocks(prepared[1], "validation"), tok.pad_token_id).loss == pytest.approx(loss, rel=1e-4)
+
+
+def test_ddp_under_torchrun_matches_one_process(tmp_path, prepared, single_process_report):
+    """2 processes x batch 4 (gloo on CPU) against 1 process x batch 8: same effective batch."""
+    from ossa_assets.lib import train_job
+
+    two = _spec(tmp_path, prepared, batch_size=4, save_steps=0, distributed="ddp")
     report2 = train_job.launch(two, tmp_path / "spec.json", nproc=2, log_path=tmp_path / "torchrun.log")
     report1 = single_process_report
     assert report2["world_size"] == 2 and report1["world_size"] == 1
+    # what ran, read off the Trainer's wrapped model: DDP replicas, not a silent fallback
+    assert report2["strategy"] == "ddp" and report1["strategy"] == "single"
     a, b = report1["final_val"]["val_loss"], report2["final_val"]["val_loss"]
     assert b < report2["initial_val"]["val_loss"] - 1.0
     # different shuffles of the same data: the trained models agree to within 5 %
     assert abs(a - b) / a < 0.05, (a, b)
-    # rank 0 saved the whole model (not a shard): it reproduces the reported loss
-    model = modeling.load_causal_lm(two.out_dir)
-    tok = modeling.load_tokenizer(two.out_dir)
-    got = evaluate(model, load_blocks(prepared[1], "validation"), tok.pad_token_id).loss
-    assert got == pytest.approx(b, rel=1e-4)
+    _reproduces(two, prepared, b)
+
+
+def _workers_of(spec_path: Path) -> list[int]:
+    """Live processes running this spec (torchrun's ranks), from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            stat = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue
+        if str(spec_path).encode() in args and stat.split(") ", 1)[1][0] not in "ZX":
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _losses(probe: Path) -> dict[int, float]:
+    # a line being written when the reader looks is skipped (it ends without a newline)
+    rows = [json.loads(line) for line in (probe / "losses.jsonl").read_text().split("\n")[:-1]]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def _dcp_state(ckpt: Path, out: Path) -> dict:
+    """A sharded (torch.distributed.checkpoint) checkpoint read back whole, flattened like the probe."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(ckpt / "dcp"), str(out))
+    state = torch.load(out, weights_only=True)
+    flat = {f"model/{k}": v for k, v in state["model"].items()}
+    for fqn, st in state["optim"]["state"].items():
+        flat.update({f"optim/{fqn}/{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
+    return flat
+
+
+def _assert_same_tensors(got: dict, want: dict) -> None:
+    import torch
+
+    assert sorted(got) == sorted(want)
+    assert any(k.startswith("optim/") and k.endswith("exp_avg_sq") for k in want), "optimizer moments compared"
+    for k in want:
+        assert torch.equal(got[k].reshape(want[k].shape), want[k]), k
+
+
+def test_fsdp_shards_resumes_exactly_and_saves_the_whole_model(tmp_path, prepared, single_process_report):
+    """FSDP for real under torchrun (gloo): every rank holds half the parameters while training; a
+    run killed at a random point resumes from the exact tensors of its last complete checkpoint and
+    continues the same loss curve; rank 0 gathers the whole model, which one process can load."""
+    import random
+
+    from safetensors.torch import load_file
+
+    from ossa_assets.lib import train_job
+    from ossa_assets.lib.training import PROBE_ENV
+
+    spec = _spec(tmp_path, prepared, batch_size=4, save_steps=10, distributed="fsdp")
+    spec.save(tmp_path / "spec.json")
+    ckpt = Path(spec.checkpoint_dir)
+    log = tmp_path / "first.log"
+    command = train_job.torchrun_command(tmp_path / "spec.json", 2)  # what the step runs
+    first = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             env={**ENV, PROBE_ENV: str(tmp_path / "probe1")})
+    kill_after = random.Random(11).randint(13, 38)  # a random step past the first checkpoint (10)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None:
+            logged = tmp_path / "probe1" / "losses.jsonl"
+            if logged.exists() and max(_losses(tmp_path / "probe1"), default=0) >= kill_after:
+                break
+            time.sleep(0.02)
+        assert first.poll() is None, "training finished before it could be killed:\n" + log.read_text()[-2000:]
+    finally:
+        first.send_signal(signal.SIGKILL)  # the launcher only: its ranks must not outlive it
+        first.wait()
+    workers = _workers_of(tmp_path / "spec.json")
+    deadline = time.time() + 10
+    while workers and time.time() < deadline:
+        time.sleep(0.1)
+        workers = _workers_of(tmp_path / "spec.json")
+    assert not workers, f"torchrun's ranks outlived it: {workers}"
+    assert not Path(spec.out_dir).exists() and not Path(spec.report_path).exists()
+    complete = sorted(int(d.name.split("-")[1]) for d in ckpt.glob("checkpoint-*") if (d / COMPLETE_MARKER).exists())
+    resume_at = complete[-1]
+    saved = _dcp_state(ckpt / f"checkpoint-{resume_at}", tmp_path / "saved.pt")
+    killed_curve = _losses(tmp_path / "probe1")
+    assert max(killed_curve) > resume_at, "the killed run went past its last checkpoint"
+
+    second = subprocess.run(command, env={**ENV, PROBE_ENV: str(tmp_path / "probe2")},
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    report = json.loads(Path(spec.report_path).read_text())
+
+    # sharded for real: every parameter a DTensor split on dim 0, each rank holding its half
+    assert report["strategy"] == "fsdp2" and report["world_size"] == 2
+    shards = report["sharding"]
+    assert [s["rank"] for s in shards] == [0, 1]
+    full = shards[0]["full_numel"]
+    assert all(s["dtensor_params"] == s["params"] > 0 and s["placements"] == ["S(0)"] for s in shards)
+    assert all(s["local_numel"] < full for s in shards) and sum(s["local_numel"] for s in shards) == full
+    assert all(s["sharded_blocks"] == ARCH["num_hidden_layers"] for s in shards)
+
+    # resumed from the exact parameters and optimizer moments of the last complete checkpoint
+    assert report["resumed_from_step"] == resume_at
+    _assert_same_tensors(load_file(str(tmp_path / "probe2" / f"start-{resume_at}.safetensors")), saved)
+    # ... and continued the killed run's loss curve step for step
+    resumed_curve = _losses(tmp_path / "probe2")
+    assert sorted(resumed_curve) == list(range(resume_at + 1, 61))
+    overlap = [s for s in resumed_curve if s in killed_curve]
+    assert overlap, "the killed run logged steps past its checkpoint"
+    for s in overlap:
+        assert resumed_curve[s] == pytest.approx(killed_curve[s], rel=1e-5), s
+
+    # the same effective batch as one process x 8: a model of the same quality
+    a, b = single_process_report["final_val"]["val_loss"], report["final_val"]["val_loss"]
+    assert b < report["initial_val"]["val_loss"] - 1.0
+    assert abs(a - b) / a < 0.05, (a, b)
+    _reproduces(spec, prepared, b)
 
 
 def test_torchrun_failure_raises_with_the_trainers_error(tmp_path, prepared):
