@@ -62,10 +62,24 @@ def test_definitions_load_and_match_snapshot():
     from ossa_assets.definitions import defs
 
     dg.Definitions.validate_loadable(defs)
-    described = _describe(defs)
-    if os.environ.get("OSSA_UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
-        SNAPSHOT.write_text(json.dumps(described, indent=2, sort_keys=True) + "\n")
-    assert described == json.loads(SNAPSHOT.read_text())
+    _match_snapshot(_describe(defs), SNAPSHOT)
+
+
+def _match_snapshot(described: dict, path: Path) -> None:
+    if os.environ.get("OSSA_UPDATE_SNAPSHOTS"):
+        path.write_text(json.dumps(described, indent=2, sort_keys=True) + "\n")
+    # a missing snapshot is a failure, not a licence to write one: CI would pass on anything
+    assert path.exists(), f"{path} is missing; write it with OSSA_UPDATE_SNAPSHOTS=1 and review it"
+    assert described == json.loads(path.read_text())
+
+
+def test_a_missing_snapshot_fails(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("OSSA_UPDATE_SNAPSHOTS", raising=False)
+    with pytest.raises(AssertionError, match="is missing"):
+        _match_snapshot({"assets": {}}, tmp_path / "definitions.json")
+    assert not (tmp_path / "definitions.json").exists()
 
 
 def test_every_asset_has_a_code_version_from_its_stage_module():

@@ -1,9 +1,13 @@
-"""A 24-hour backfill of the real-time adapter, through Dagster's own backfill daemon, in order.
+"""A 6-hour backfill of the real-time adapter, through Dagster's own backfill daemon, in order.
 
 Hour h warm-starts from hour h-1, so the backfill must run the hours one after the other. The
 backfill is created as the UI's "Materialize selected partitions" creates it (an asset backfill
 on the instance) and executed by `dagster-daemon run` on this project's workspace, with the
 default run launcher: every hour is a real run in its own process.
+
+Six hours, not a day: the backfill daemon starts the next hour on its next 30-second tick (a
+constant in Dagster 1.13), so a 24-hour backfill cost 13 minutes of the suite for the same proof
+(order, warm-start chain, quiet hours carried forward, one trained hour among them).
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import dagster as dg
 
 from tests.conftest import ROOT, copy_sample, curate_all
 
-HOURS = [f"2026-11-20-{h:02d}:00" for h in range(24)]
+HOURS = [f"2026-11-20-{h:02d}:00" for h in range(7, 13)]  # hour 10 trains; the others are quiet
 
 
-def test_24_hour_backfill_runs_hours_in_order(tmp_path, data_root, monkeypatch):
+def test_hourly_backfill_runs_hours_in_order(tmp_path, data_root, monkeypatch):
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
     from ossa_assets.corpora.assets import curated_corpus
@@ -53,7 +57,7 @@ def test_24_hour_backfill_runs_hours_in_order(tmp_path, data_root, monkeypatch):
     instance.add_backfill(PartitionBackfill.from_asset_partitions(
         backfill_id=backfill_id, asset_graph=defs.resolve_asset_graph(), partition_names=HOURS,
         asset_selection=[REALTIME_ADAPTER], backfill_timestamp=time.time(), tags={},
-        dynamic_partitions_store=instance, all_partitions=False, title="24 hours", description=None,
+        dynamic_partitions_store=instance, all_partitions=False, title="6 hours", description=None,
         run_config=IN_PROCESS_RUN_CONFIG,  # one step per run: no step process (README)
     ))
     log = open(tmp_path / "daemon.log", "w")
