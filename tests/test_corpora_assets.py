@@ -129,27 +129,150 @@ def test_sources_sensor_registers_partitions_and_requests_runs(tmp_path, data_ro
     assert isinstance(again, dg.SkipReason)
 
 
+# One credential of each shape the scrubber knows, planted where curation keeps it: a job's
+# `variables:` and `script:` of a valid GitLab CI file, an existing CI file's variables, and the
+# `example:` of an Authorization header parameter in an OpenAPI spec. {name: (value, kind)}
+PLANTED = {
+    "aws_key": ("AKIAZ7Q3EXAMPLE4KEY9", "aws_access_key_id"),
+    "password": ("Tr0ub4dor&3-horse", "assigned_secret"),
+    "passphrase": ("velvet mango quartz lantern", "assigned_secret"),
+    "short_password": ("k9!Zq", "assigned_secret"),
+    "docker_login": ("Dl0gin-S3cret-77", "cli_password"),
+    "bearer_header": ("b3ar3rT0k3nAbc123def456", "authorization_header"),
+    "aws_configure": ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLE1", "aws_secret_access_key"),
+    "env_suffix": ("9f8e7d6c5b4a3f2e1d0c", "assigned_secret"),
+    "openapi_example": ("7f3e9a1c5b2d8e4f6a0b9c8d", "bearer_token"),
+}
+_V = {name: value for name, (value, _) in PLANTED.items()}
+# what must not appear anywhere: each value, and each word of a passphrase (a rule that took only
+# the first word would leave the rest)
+NEEDLES = {**_V, **{f"passphrase[{i}]": w for i, w in enumerate(_V["passphrase"].split())}}
+LEAKY_CI = f"""stages: [build, release]
+
+variables:
+  SMTP_PASSWORD: {_V["passphrase"]}
+  REDIS_PASSWORD: "{_V["short_password"]}"
+  DEPLOY_TOKEN_ENV: {_V["env_suffix"]}
+
+build-image:
+  stage: build
+  image: docker:27.3
+  services: [docker:27.3-dind]
+  script:
+    - docker login -u release-bot -p {_V["docker_login"]} registry.example.com
+    - 'curl -fsS -H "Authorization: Bearer {_V["bearer_header"]}" https://builds.example.com/api/v2/start'
+    - aws configure set aws_secret_access_key {_V["aws_configure"]} --profile release
+    - docker build -t registry.example.com/leaky/app:$CI_COMMIT_SHORT_SHA .
+
+publish-release:
+  stage: release
+  needs: [build-image]
+  script:
+    - aws s3 cp dist/ s3://releases-example/leaky/ --recursive --profile release
+  rules:
+    - if: $CI_COMMIT_TAG
+"""
+
+
+def _plant_openapi_example(corpus: Path) -> str:
+    """An Authorization header parameter with an `example:` in a sample spec; its relpath."""
+    spec_path = corpus / "openapi" / "services" / "parking.json"
+    spec = json.loads(spec_path.read_text())
+    op = spec["paths"]["/garages"]["get"]
+    op.setdefault("parameters", []).append({
+        "name": "Authorization", "in": "header", "required": False, "schema": {"type": "string"},
+        "example": f"Bearer {_V['openapi_example']}",
+    })
+    spec_path.write_text(json.dumps(spec, indent=2))
+    return "services/parking.json"
+
+
+def _materialization_metadata(result) -> str:
+    return json.dumps([{k: str(v.value) for k, v in e.materialization.metadata.items()}
+                       for e in result.get_asset_materialization_events()])
+
+
 def test_secrets_stay_out_of_artifacts_and_the_event_log(tmp_path, data_root):
-    """A CI file with credentials (and a broken one that echoes them in its parse error)."""
-    key, password = "AKIAZ7Q3EXAMPLE4KEY9", "Tr0ub4dor&3-horse"
+    """One credential of each shape in kept CI/OpenAPI documents (and broken CI files, one whose
+    lint error echoes some): each value is gone from the curated documents and units, the
+    quarantine, the reports, the materialization metadata of every run (curation of the three
+    domains, then the embedding pairs, whose metadata shows an example pair), the whole event log
+    and every byte under the data root (MLflow's store lives there too, though no stage run here
+    logs to it: the first that does trains a model). The documents that held the values were
+    kept, with markers where the values were, so the test cannot pass by quarantining them."""
+    from datasets import load_from_disk
+
+    from ossa_assets.corpora.assets import curated_corpus
+    from ossa_assets.embeddings.assets import embedding_pairs
+
     corpus = copy_sample(tmp_path / "corpus")
     ci = next((corpus / "cicd" / "gitlab").rglob(".gitlab-ci.yml"))
-    ci.write_text(ci.read_text() + f"\nvariables:\n  AWS_ACCESS_KEY_ID: {key}\n  DB_PASSWORD: \"{password}\"\n")
+    ci.write_text(ci.read_text() + f"\nvariables:\n  AWS_ACCESS_KEY_ID: {_V['aws_key']}\n"
+                  f"  DB_PASSWORD: \"{_V['password']}\"\n")
+    (corpus / "cicd" / "gitlab" / "leaky-release").mkdir()
+    (corpus / "cicd" / "gitlab" / "leaky-release" / ".gitlab-ci.yml").write_text(LEAKY_CI)
+    # broken files: a YAML error, and a lint error whose detail echoes the offending value
     (corpus / "cicd" / "leaky").mkdir()
-    (corpus / "cicd" / "leaky" / ".gitlab-ci.yml").write_text(f"deploy:\n  script: [\"echo {key}\"\n")
+    (corpus / "cicd" / "leaky" / ".gitlab-ci.yml").write_text(f"deploy:\n  script: [\"echo {_V['aws_key']}\"\n")
+    (corpus / "cicd" / "leaky-lint").mkdir()
+    (corpus / "cicd" / "leaky-lint" / ".gitlab-ci.yml").write_text(
+        "stages: [deploy]\ndeploy:\n  stage: deploy\n  script: [make deploy]\n  rules:\n    - if: $CI_COMMIT_TAG\n"
+        f"      when: \"docker login -p {_V['docker_login']} reg.example.com && echo {_V['aws_key']}\"\n")
+    openapi_rel = _plant_openapi_example(corpus)
+
     instance = dg.DagsterInstance.ephemeral()
-    runs = curate_all(instance, tiny_resources(data_root, corpus), ("devops_workflow",))
-    (src,), corp = runs["devops_workflow"]
-    assert src.success and corp.success
-    md = _md(corp, "corpora__curated_corpus")
-    assert md["secrets_redacted"].get("aws_access_key_id", 0) >= 1
-    for run in (src, corp):
+    resources = tiny_resources(data_root, corpus)
+    runs = curate_all(instance, resources)
+    results = []
+    expected_kinds = {"devops_workflow": {k for n, (_, k) in PLANTED.items() if n != "openapi_example"},
+                      "api_spec": {PLANTED["openapi_example"][1]}, "industrial_protocol": set()}
+    kept = {}
+    for domain, ((src,), corp) in runs.items():
+        assert src.success and corp.success, domain
+        results += [src, corp]
+        md = _md(corp, "corpora__curated_corpus")
+        assert expected_kinds[domain] <= set(md["secrets_redacted"]), (domain, md["secrets_redacted"])
+        art = Path(corp.output_for_node("corpora__curated_corpus").path)
+        docs = load_from_disk(str(art / "documents"))
+        units = load_from_disk(str(art / "units"))
+        for split in docs:
+            kept.update({(domain, d["path"]): d for d in docs[split]})
+            for row in (*docs[split], *units[split]):
+                text = json.dumps(row, default=str)
+                assert not [n for n, v in NEEDLES.items() if v in text], (domain, row.get("path"))
+        with gzip.open(art / "quarantine.jsonl.gz", "rt") as f:
+            quarantine = {q["path"]: q for q in map(json.loads, f)}
+        assert not [n for n, v in NEEDLES.items() if v in json.dumps(quarantine)], domain
+        if domain == "devops_workflow":
+            lint = quarantine["leaky-lint/.gitlab-ci.yml"]
+            assert lint["reason"] == "invalid_gitlab_ci" and "<REDACTED:cli_password>" in lint["detail"], lint
+    # the documents holding the secrets were kept, with the markers where the values were
+    leaky = kept[("devops_workflow", "gitlab/leaky-release/.gitlab-ci.yml")]["text"]
+    for kind in expected_kinds["devops_workflow"] - {"aws_access_key_id"}:
+        assert f"<REDACTED:{kind}>" in leaky, kind
+    assert "aws configure set aws_secret_access_key <REDACTED:aws_secret_access_key>" in leaky
+    appended = kept[("devops_workflow", str(ci.relative_to(corpus / "cicd")))]["text"]
+    assert "AWS_ACCESS_KEY_ID: <REDACTED:aws_access_key_id>" in appended
+    assert 'DB_PASSWORD: "<REDACTED:assigned_secret>"' in appended
+    assert "Bearer <REDACTED:bearer_token>" in kept[("api_spec", openapi_rel)]["text"]
+
+    # the embedding pairs' metadata holds an example pair drawn from the curated units
+    pairs = dg.materialize([embedding_pairs, curated_corpus.to_source_asset()],
+                           partition_key="capability", resources=resources, instance=instance)
+    results.append(pairs)
+
+    for run in results:
+        assert not [n for n, v in NEEDLES.items() if v in _materialization_metadata(run)]
         for record in instance.all_logs(run.run_id):
             text = json.dumps(record.to_json() if hasattr(record, "to_json") else str(record))
-            assert key not in text and password not in text
+            assert not [n for n, v in NEEDLES.items() if v in text]
+    scanned = 0
     for p in data_root.rglob("*"):
         if p.is_file():
             data = p.read_bytes()
             if p.suffix == ".gz":
                 data = gzip.decompress(data)
-            assert key.encode() not in data and password.encode() not in data, p
+            assert not [n for n, v in NEEDLES.items() if v.encode() in data], p
+            scanned += 1
+    assert scanned
+
