@@ -25,7 +25,7 @@ def _set_mtime(root: Path, when: dt.datetime, pattern: str) -> int:
     return n
 
 
-def test_realtime_adapter_chain(tmp_path, data_root):
+def test_realtime_adapter_chain(tmp_path, data_root, monkeypatch):
     from ossa_assets.corpora.assets import curated_corpus
     from ossa_assets.finetune.assets import base_model
     from ossa_assets.lora.assets import realtime_adapter
@@ -82,10 +82,17 @@ def test_realtime_adapter_chain(tmp_path, data_root):
     assert quiet.path == first.path and quiet.data_version == first.data_version
     assert first.lineage_id in quiet.derived_from  # the warm-start chain is recorded
 
+    from ossa_assets.lib.training import PROBE_ENV
+
+    monkeypatch.setenv(PROBE_ENV, str(tmp_path / "probe-later"))  # the weights training starts from
     warm, md3 = run(LATER)
+    monkeypatch.delenv(PROBE_ENV)
     assert md3["outcome"] == "trained" and md3["warm_started_from"] == NEXT
     assert warm.data_version != first.data_version
     assert quiet.lineage_id in warm.derived_from
+    # not only what the asset says of itself: the adapter tensors training started from are the
+    # previous hour's (the quiet hour carries hour 10's file), and a cold start's would not be
+    _assert_starts_from(tmp_path / "probe-later" / "start-0.safetensors", Path(first.path))
 
     # re-materializing an old hour with different weights makes every later hour stale, and the
     # sensor rebuilds the chain from the first stale hour
@@ -106,3 +113,19 @@ def test_realtime_adapter_chain(tmp_path, data_root):
     assert stale_hours(instance) == [LATER]
     run(LATER)
     assert stale_hours(instance) == []
+
+
+def _assert_starts_from(probe: Path, adapter_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    start = load_file(str(probe))
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    # peft names the live adapter "default" inside the model; the saved file leaves the name out
+    lora = {k.removeprefix("model/").replace(".default.", "."): v for k, v in start.items()
+            if k.startswith("model/") and ".lora_" in k}
+    assert saved and sorted(lora) == sorted(saved)
+    for k, v in saved.items():
+        assert torch.equal(lora[k], v), k
+    # the warm start is not the cold initialisation (lora_B starts at zero there)
+    assert any(k.endswith("lora_B.weight") and bool(v.abs().sum()) for k, v in saved.items())
