@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from verdict import Verdicts  # noqa: E402
+
 from ossa_assets.lib.curation import corpus, pipeline  # noqa: E402
 from ossa_assets.lib.curation.sources import SourceSpec, list_files, manifest_licenses  # noqa: E402
 
@@ -61,7 +63,7 @@ def touch_fraction(corpus_root: Path, fraction: float, seed: int) -> int:
     return len(chosen)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora"))
     ap.add_argument("--repeat", type=int, default=3)
@@ -87,7 +89,10 @@ def main() -> None:
     print(f"\ncorpus: {args.corpus}")
     print(f"full curation: median {statistics.median(full_t):.1f}s, {statistics.median(docs_s):.1f} files/s")
     print(f"re-curation after {args.changed:.0%} changed: median {statistics.median(incr_t):.1f}s")
-    print(f"ratio incremental/full: {statistics.median(incr_t) / statistics.median(full_t):.3f} (target <= 0.10)")
+    print(f"ratio incremental/full: {statistics.median(incr_t) / statistics.median(full_t):.3f}")
+    verdicts = Verdicts()
+    verdicts.at_most(f"re-curation after {args.changed:.0%} changed / full curation (median)",
+                     statistics.median(incr_t) / statistics.median(full_t), 0.10)
     for domain, r in last.items():
         rep = r.report
         print(f"\n{domain}: {rep['files_seen']} files in -> {rep['documents']} documents out, "
@@ -96,7 +101,8 @@ def main() -> None:
         for reason, n in sorted(rep["reasons"].items(), key=lambda kv: -kv[1]):
             print(f"  {reason:<28} {n}")
         print(f"  units: {rep['units_by_type']}  tokens: {rep['tokens_per_split']}  secrets: {rep['secrets_redacted']}")
+    return verdicts.report()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from verdict import Verdicts  # noqa: E402
+
 from ossa_assets.lib import embedding_models as em  # noqa: E402
 from ossa_assets.lib import embeddings as lib  # noqa: E402
 
@@ -58,7 +60,7 @@ def edit(records: list[lib.IndexRecord], fraction: float, seed: int) -> tuple[li
     return out, len(idx)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora"))
     ap.add_argument("--repeat", type=int, default=3)
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--dims", default="384,1536")
     ap.add_argument("--limit", type=int, default=3000, help="records to index (0 = all)")
     args = ap.parse_args()
+    verdicts = Verdicts()
     with tempfile.TemporaryDirectory(prefix="ossa-bench-emb-") as tmp:
         t = time.perf_counter()
         records = curated_records(Path(args.corpus), Path(tmp) / "curation", args.limit)
@@ -96,10 +99,13 @@ def main() -> None:
                       f"{n} edited -> re-index {incr[-1]:.2f}s")
             e, f, r = statistics.median(enc), statistics.median(full), statistics.median(incr)
             print(f"\n{dim}-d: encode {len(texts) / e:.1f} texts/s, embed+index {len(texts) / f:.1f} texts/s: "
-                  f"throughput ratio {e / f:.3f} (target >= 0.9)")
-            print(f"{dim}-d: re-index after {args.changed:.0%} changed {r:.2f}s vs full {f:.1f}s: "
-                  f"ratio {r / f:.3f} (target <= 0.05)\n")
+                  f"throughput ratio {e / f:.3f}")
+            print(f"{dim}-d: re-index after {args.changed:.0%} changed {r:.2f}s vs full {f:.1f}s: ratio {r / f:.3f}")
+            verdicts.at_least(f"{dim}-d embed+index / bare encode throughput (median)", e / f, 0.9)
+            verdicts.at_most(f"{dim}-d re-index after {args.changed:.0%} changed / full index (median)", r / f, 0.05)
+            print()
+    return verdicts.report()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,11 @@ Builds the model the way tests/lib/test_onnx_export.py does (ByteLevel BPE token
 Llama trained on the OpenAPI corpus, a LoRA trained a few steps and merged), exports it, quantizes
 it with several option sets, and prints every number as a ratio against the torch fp32 baseline
 measured in the same run: absolute times depend on the machine, ratios much less.
+
+Targets (verdicts at the end) for the engine the stage ships (per-channel + reduce_range): top-1
+agreement with torch fp32 >= 0.95 (quantize/int8_model's gate, `min_top1_agreement`) and size
+<= 0.35 of fp32 (int8 weights are a quarter of fp32; embeddings, scales and graph add the rest).
+Latency ratios are printed for comparison, without a target.
 """
 
 from __future__ import annotations
@@ -128,7 +133,7 @@ def median_ms(fns: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150, help="training steps of the tiny model")
     ap.add_argument("--repeats", type=int, default=30, help="timed runs per measurement")
@@ -181,10 +186,13 @@ def main() -> None:
         positions = sum(len(s) for s in held)
         print(f"\ntop-1 agreement with torch fp32 on {positions} held-out positions")
         print(f"{'model':40s} {'agreement':>9s} {'max|Δlogit|':>11s} {'size/fp32':>9s}")
+        shipped = {}
         for name, path in {"onnx fp32": fp32, **variants}.items():
             r = top1_agreement(merged, path, held)
-            print(f"{name:40s} {r['agreement']:9.4f} {r['max_abs_logit_diff']:11.4f} "
-                  f"{path.stat().st_size / fp32.stat().st_size:9.3f}")
+            size = path.stat().st_size / fp32.stat().st_size
+            print(f"{name:40s} {r['agreement']:9.4f} {r['max_abs_logit_diff']:11.4f} {size:9.3f}")
+            if name.startswith("default (per-channel"):
+                shipped = {"agreement": r["agreement"], "size": size}
 
         from transformers import AutoModelForCausalLM
 
@@ -222,7 +230,13 @@ def main() -> None:
             )
             base = ms["torch"]
             print(f"{batch:5d} {base:13.2f} {ms['fp32'] / base:10.2f} {ms['int8'] / base:10.2f}")
+    from verdict import Verdicts
+
+    verdicts = Verdicts()
+    verdicts.at_least("shipped int8 engine: top-1 agreement with torch fp32", shipped.get("agreement"), 0.95)
+    verdicts.at_most("shipped int8 engine: size / fp32 ONNX", shipped.get("size"), 0.35)
+    return verdicts.report()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
