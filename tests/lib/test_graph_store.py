@@ -269,6 +269,19 @@ def test_kind_conflict_and_validation(store):
     assert store.counts()["nodes"] == {"Artifact": 1, "Doc": 1, "Model": 1}
 
 
+def test_dump_lists_every_node_and_edge_with_its_properties(store):
+    nodes, edges = _chain(120)  # more than two pages of 50
+    store.upsert_nodes(nodes)
+    store.upsert_edges(edges)
+    got_nodes, got_edges = store.dump()
+    assert [(n["id"], n["kind"], n["props"]) for n in got_nodes] == sorted(
+        (n["id"], n["kind"], {"step": n["step"]}) for n in nodes)
+    assert got_edges == sorted((a, t, b, p) for a, t, b, p in edges)
+    # a changed property shows in the dump (what a rebuild comparison relies on)
+    store.upsert_edges([("c5", "DERIVED_FROM", "c4", {"hop": 99})])
+    assert ("c5", "DERIVED_FROM", "c4", {"hop": 99}) in store.dump()[1]
+
+
 def test_clear_and_batches_past_the_batch_size(store):
     nodes, edges = _chain(260)  # several statements on either backend
     assert store.upsert_nodes(nodes) == 260

@@ -276,6 +276,27 @@ class GraphStore:
             "MATCH (:Artifact)-[e]->(:Artifact) RETURN type(e), count(e)", {})}
         return {"nodes": dict(sorted(nodes.items())), "edges": dict(sorted(edges.items()))}
 
+    def dump(self, page: int = 50) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, dict[str, Any]]]]:
+        """Every node (id, kind, properties) and edge (src, type, dst, properties), sorted: two
+        graphs hold the same lineage exactly when their dumps are equal. Read in pages, since
+        FalkorDB's Bolt side fails on large messages."""
+        nodes: list[dict[str, Any]] = []
+        while True:
+            rows = self.backend.read("MATCH (n:Artifact) RETURN labels(n), properties(n) ORDER BY n.id "
+                                     "SKIP $skip LIMIT $n", {"skip": len(nodes), "n": page})
+            nodes.extend(_node(*r) for r in rows)
+            if len(rows) < page:
+                break
+        edges: list[tuple[str, str, str, dict[str, Any]]] = []
+        while True:
+            rows = self.backend.read("MATCH (a:Artifact)-[e]->(b:Artifact) RETURN a.id, type(e), b.id, "
+                                     "properties(e) ORDER BY a.id, type(e), b.id SKIP $skip LIMIT $n",
+                                     {"skip": len(edges), "n": page})
+            edges.extend((a, t, b, _plain(p)) for a, t, b, p in rows)
+            if len(rows) < page:
+                break
+        return nodes, edges
+
     def clear(self) -> None:
         """Delete every Artifact node and its edges; other data in a shared Neo4j stays."""
         while int(self.backend.write(_CLEAR, {})[0][0]) > 0:  # chunks bound Neo4j's tx memory
