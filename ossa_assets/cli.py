@@ -81,8 +81,10 @@ _JOB_POINTERS = {
 class MaterializeSummary:
     planned_assets: int = 0
     materialized: int = 0
-    checks_total: int = 0
+    checks_total: int = 0  # blocking checks (gates) planned
     checks_passed: int = 0
+    informational_total: int = 0  # checks the profile reports without gating on them
+    informational_passed: int = 0
     failed_runs: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -95,10 +97,12 @@ class MaterializeSummary:
         )
 
     def line(self) -> str:
-        return (
-            f"materialized {self.materialized}/{self.planned_assets} assets, "
-            f"checks {self.checks_passed}/{self.checks_total} passed"
-        )
+        line = (f"materialized {self.materialized}/{self.planned_assets} assets, "
+                f"checks {self.checks_passed}/{self.checks_total} passed")
+        if self.informational_total:
+            line += (f" (+ {self.informational_total} informational, "
+                     f"{self.informational_passed} passed)")
+        return line
 
 
 def _instance():
@@ -154,18 +158,22 @@ def materialize(only: list[str] | None = None, log=print, verbose: bool = False)
     summary = MaterializeSummary()
     t0 = time.perf_counter()
     asset_graph = defs.resolve_asset_graph()
+    # the summary counts gates; a check the profile reports informationally is counted apart
+    blocking = {(s.asset_key, s.name): s.blocking for a in defs.assets for s in a.check_specs}
     for job, partitioned_by in PIPELINE:
         if only and job.name not in only:
             continue
         job_def = defs.resolve_job_def(job.name)
         keys = [k for k in job_def.asset_layer.selected_asset_keys]
         check_keys = [c for c in asset_graph.asset_check_keys if c.asset_key in keys]
+        gates = {c for c in check_keys if blocking.get((c.asset_key, c.name), True)}
         job_failed = False
         for partition in _partition_keys(instance, partitioned_by):
             tags = {"dagster/partition": partition} if partition else {}
             label = f"{job.name}" + (f"[{partition}]" if partition else "")
             summary.planned_assets += len(keys)
-            summary.checks_total += len(check_keys)
+            summary.checks_total += len(gates)
+            summary.informational_total += len(check_keys) - len(gates)
             t_run = time.perf_counter()
             result = dg.execute_job(
                 dg.reconstructable(_JOB_POINTERS[job.name]),
@@ -176,16 +184,23 @@ def materialize(only: list[str] | None = None, log=print, verbose: bool = False)
             mats = {e.asset_key for e in result.get_asset_materialization_events()}
             evals = result.get_asset_check_evaluations()
             summary.materialized += len(mats & set(keys))
-            summary.checks_passed += sum(1 for e in evals if e.passed)
+            gate_evals = [e for e in evals if dg.AssetCheckKey(e.asset_key, e.check_name) in gates]
+            summary.checks_passed += sum(1 for e in gate_evals if e.passed)
+            summary.informational_passed += sum(1 for e in evals if e.passed) - sum(1 for e in gate_evals if e.passed)
             status = "ok" if result.success else "FAILED"
             log(
                 f"{label}: {status} in {time.perf_counter() - t_run:.1f}s "
-                f"({len(mats)} assets, {sum(e.passed for e in evals)}/{len(check_keys)} checks)"
+                f"({len(mats)} assets, {sum(e.passed for e in gate_evals)}/{len(gates)} checks"
+                + (f", {len(evals) - len(gate_evals)} informational" if len(evals) > len(gate_evals) else "") + ")"
             )
+            for e in evals:
+                if not e.passed and e not in gate_evals:
+                    log(f"  informational check failed (not a gate in this profile): "
+                        f"{e.asset_key.to_user_string()}:{e.check_name}")
             if not result.success:
                 job_failed = True
                 summary.failed_runs.append(f"{label} (run {result.run_id})")
-                for e in evals:
+                for e in gate_evals:
                     if not e.passed:
                         log(f"  check failed: {e.asset_key.to_user_string()}:{e.check_name}")
         if job_failed:

@@ -229,7 +229,8 @@ def embedding_eval(
     )
     return StageResult(
         Artifact(kind="Evaluation", path=str(out), data_version=version,
-                 meta={"model": kind, "recall_at_10": full.recall_at_10, "mrr": full.mrr,
+                 meta={"model": kind, "model_version": model.data_version,
+                       "recall_at_10": full.recall_at_10, "mrr": full.mrr,
                        "base_recall_at_10": base_m.recall_at_10, "base_mrr": base_m.mrr}),
         metadata={
             "recall_at_10": dg.FloatMetadataValue(round(full.recall_at_10, 4)),
@@ -374,6 +375,11 @@ def vector_index(
     kind = context.partition_key
     k = em.kind_of(kind)
     model_ver = model.data_version
+    judged = evaluation.meta.get("model_version")
+    if judged != model_ver:
+        # a model re-trained after its evaluation has no verdict yet: it must not reach an index
+        raise dg.Failure(f"{kind}: the latest evaluation judged model {str(judged)[:12]}, not the model "
+                         f"{model_ver[:12]} to index; materialize embeddings/embedding_eval first")
     collection = f"{kind}-{model_ver[:12]}"
     records = index_records(kind, corpora)
     if not records:
