@@ -165,43 +165,56 @@ def _reference(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
 _Composer.add_constructor("!reference", _reference)
 
 
-def _expanded_size(node: yaml.Node, limit: int) -> int:
-    """Nodes the document would have with every alias expanded, counted without expanding.
+def _check_node_graph(node: yaml.Node, max_nodes: int, max_depth: int) -> tuple[int, int]:
+    """(nodes, depth) the document would have with every alias expanded, computed without
+    expanding; Rejected when it would be infinite, too large or too deep.
 
-    Aliases share node objects, so a memoised count over the DAG is linear in the file while
-    the expansion (what json.dumps or a walk would build) can be exponential. A node that
-    contains itself (`a: &x [*x]`) would expand forever: rejected too.
+    Aliases share node objects, so one memoised post-order walk over the node graph is linear in
+    the file while the expansion (what construction, json.dumps or a recursive walk builds) can be
+    exponential in size (billion laughs: `yaml_alias_bomb`) and in depth (an anchor that nests
+    the previous one 60 levels deep, 40 times over: `too_deep`, although no spot of the text is
+    deeper than 64). Depth is measured on the expanded tree, so it does not depend on the order
+    in which shared nodes are reached. A node that contains itself through an alias (`a: &x
+    [*x]`, `a: &x {b: *x}`, `a: &x {<<: *x}`) is a cycle: its expansion never ends, so it is
+    refused as `yaml_alias_bomb` the moment the walk meets a node that is still open.
     """
-    memo: dict[int, int] = {}
-    open_: set[int] = set()
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    open_: set[int] = set()  # the nodes on the current path from the root: meeting one is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(node, False)]
     while stack:
         n, done = stack.pop()
-        if id(n) in memo:
+        key = id(n)
+        if not done and key in size:  # a shared node, already measured
             continue
         if isinstance(n, yaml.ScalarNode):
-            memo[id(n)] = 1
+            size[key] = height[key] = 1
             continue
         children = (
             [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else list(n.value)
         )
         if done:
-            open_.discard(id(n))
-            total = 1 + sum(memo[id(c)] for c in children)
-            memo[id(n)] = total
-            if total > limit:
-                raise Rejected("yaml_alias_bomb", f"more than {limit} nodes once aliases are expanded")
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            if height[key] > max_depth:
+                raise Rejected("too_deep", f"nesting deeper than {max_depth}")
+            if size[key] > max_nodes:
+                raise Rejected("yaml_alias_bomb", f"more than {max_nodes} nodes once aliases are expanded")
             continue
-        if id(n) in open_:
-            raise Rejected("yaml_alias_bomb", "recursive alias: a node contains itself")
-        open_.add(id(n))
+        if key in open_:
+            raise Rejected("yaml_alias_bomb", _ALIAS_CYCLE)
+        open_.add(key)
         stack.append((n, True))
         for c in children:
             if id(c) in open_:
-                raise Rejected("yaml_alias_bomb", "recursive alias: a node contains itself")
-            if id(c) not in memo:
+                raise Rejected("yaml_alias_bomb", _ALIAS_CYCLE)
+            if id(c) not in size:
                 stack.append((c, False))
-    return memo[id(node)]
+    return size[id(node)], height[id(node)]
+
+
+_ALIAS_CYCLE = "alias cycle: a node contains itself through an alias, so its expansion never ends"
 
 
 def safe_yaml_load_all(text: str, limits: Limits) -> list[Any]:
@@ -215,8 +228,7 @@ def safe_yaml_load_all(text: str, limits: Limits) -> list[Any]:
                 node = loader.get_node()
                 if node is None:
                     continue
-                _check_yaml_depth(node, limits.max_depth)
-                _expanded_size(node, limits.max_yaml_nodes)
+                _check_node_graph(node, limits.max_yaml_nodes, limits.max_depth)
                 docs.append(loader.construct_document(node))
         finally:
             loader.dispose()
@@ -228,6 +240,10 @@ def safe_yaml_load_all(text: str, limits: Limits) -> list[Any]:
         reason = "yaml_unsafe_tag" if "constructor for the tag" in str(e) else "malformed_yaml"
         raise Rejected(reason, _first_line(e)) from None
     except yaml.YAMLError as e:
+        if "maximum nesting depth" in str(getattr(e, "problem", "")):
+            # libyaml (0.2.5+) refuses nesting past 1000 levels while scanning: hostile depth,
+            # not a typo, so the same reason as the depth check above
+            raise Rejected("too_deep", f"{_first_line(e)}: exceeded libyaml's maximum nesting depth") from None
         raise Rejected("malformed_yaml", _first_line(e)) from None
     except RecursionError:
         raise Rejected("too_deep", "YAML nesting exceeds the parser's recursion limit") from None
@@ -239,20 +255,6 @@ def safe_yaml_load(text: str, limits: Limits) -> Any:
     if not docs:
         raise Rejected("empty", "no YAML document")
     return docs[0] if len(docs) == 1 else docs
-
-
-def _check_yaml_depth(node: yaml.Node, max_depth: int) -> None:
-    stack = [(node, 1)]
-    seen: set[int] = set()
-    while stack:
-        n, d = stack.pop()
-        if d > max_depth:
-            raise Rejected("too_deep", f"nesting deeper than {max_depth}")
-        if id(n) in seen or isinstance(n, yaml.ScalarNode):
-            continue
-        seen.add(id(n))
-        children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else n.value
-        stack.extend((c, d + 1) for c in children)
 
 
 def _first_line(e: Exception) -> str:
