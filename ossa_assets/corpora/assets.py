@@ -17,6 +17,7 @@ Outputs under `<data root>/artifacts/corpora/...`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -76,7 +77,9 @@ def source_documents(
     seconds = time.perf_counter() - t0
     version = sha256_json({
         "settings": settings.key(),
-        "docs": [(d.doc_id, d.path) for d in result.documents],
+        # a bundled spec's text changes with its fragments while its doc_id (its own bytes) stays;
+        # an arrival changes when the file arrives again: either is a new snapshot
+        "docs": [(d.doc_id, d.path, hashlib.sha256(d.text.encode()).hexdigest(), d.arrived) for d in result.documents],
         "quarantine": [(q.path, q.reason) for q in result.quarantined],
         "fragments": result.fragments,
     })

@@ -209,10 +209,13 @@ def _latest_earlier_hour(store: ArtifactStore, before: str) -> Artifact | None:
 def hour_documents(store: ArtifactStore, corpus: CorpusSources, start: float, end: float):
     """The curated documents of every configured source whose file arrived in [start, end).
 
-    Read from each source's curated snapshot (parsed, validated, secret-scrubbed per file), not
-    from the merged domain corpus: the hourly path then waits for one curation run, not two,
-    which is what keeps a dropped file -> adapter under a minute. Held-out test documents (by
-    the same content-hash split the corpus uses) are never trained on.
+    Arrival is the curation's (`CuratedDoc.arrived`): a file new or changed since its source's
+    previous curation arrived at max(mtime, ctime), so one copied in with an old mtime (cp -p,
+    rsync -a, git) belongs to the hour it was copied in; a source's first curation dates its
+    files by mtime. Read from each source's curated snapshot (parsed, validated, secret-scrubbed
+    per file), not from the merged domain corpus: the hourly path then waits for one curation
+    run, not two, which is what keeps a dropped file -> adapter under a minute. Held-out test
+    documents (by the same content-hash split the corpus uses) are never trained on.
     """
     from ossa_assets.corpora.config import CuratedCorpusConfig
     from ossa_assets.lib.curation import pipeline
@@ -226,7 +229,7 @@ def hour_documents(store: ArtifactStore, corpus: CorpusSources, start: float, en
             continue
         snapshots.append(art)
         for d in pipeline.load_source_result(Path(art.path)).documents:
-            if start <= d.mtime < end and corpora_lib.split_for(
+            if start <= d.arrived < end and corpora_lib.split_for(
                     d.doc_id, split_cfg.validation_fraction, split_cfg.test_fraction) != "test":
                 rows.append({"domain": d.domain, "text": d.text, "doc_id": d.doc_id})
     return rows, snapshots

@@ -7,7 +7,7 @@ Dataset schema (Arrow, `datasets.DatasetDict` with splits train / validation / t
   format (openapi | nodeset | prose | gitlab_ci | github_actions | ...), text (secrets
   scrubbed; a multi-file spec is bundled), n_bytes, n_tokens (words and punctuation),
   license (as the document states it, else the source's; "" if unknown), language ("en",
-  "other", "n/a" for structured formats), mtime, meta (JSON), n_units, secrets_redacted, split.
+  "other", "n/a" for structured formats), mtime, arrived (when it reached the source: see pipeline.py), meta (JSON), n_units, secrets_redacted, split.
 `units/` — one row per unit of a document (same split as its document)
   unit_id (doc_id:index), doc_id, domain, source, path, unit_type (operation | schema | node |
   job | section), title, text, meta (JSON), split.
@@ -232,7 +232,7 @@ def save_corpus(result: CorpusResult, out_dir: Path) -> None:
         "doc_id": Value("string"), "domain": Value("string"), "source": Value("string"),
         "path": Value("string"), "format": Value("string"), "text": Value("string"),
         "n_bytes": Value("int64"), "n_tokens": Value("int64"), "license": Value("string"),
-        "language": Value("string"), "mtime": Value("float64"), "meta": Value("string"),
+        "language": Value("string"), "mtime": Value("float64"), "arrived": Value("float64"), "meta": Value("string"),
         "n_units": Value("int64"), "secrets_redacted": Value("int64"), "split": Value("string"),
     })
     unit_features = Features({

@@ -4,6 +4,12 @@ Each file's outcome is cached under its content hash, the hashes of the files it
 multi-file spec's fragments), the digests of the source-wide indexes it used, and the curation
 settings. A re-run re-curates only files whose own bytes or dependencies changed; everything
 else is loaded from the cache.
+
+Each document also records when it *arrived* (`arrival`): in a source's first curation (no
+index of an earlier one), its file's mtime, the only history there is; afterwards, for a file
+that is new or whose bytes (or the bytes of a file it read) changed since the previous
+curation, max(mtime, ctime) of the changed files, since ctime cannot be backdated by cp -p,
+rsync -a or git; an unchanged file keeps the arrival it had.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ossa_assets.lib.curation.sources import SourceFile, SourceSpec
 
 # Bump when any rule that changes outcomes changes (parsers, curators, scrubbing, filters): it is
 # part of every cache key and every corpus data version.
-CURATION_CODE_VERSION = "5"
+CURATION_CODE_VERSION = "6"
 
 CURATORS = {
     "api_spec": "ossa_assets.lib.curation.openapi:curate_file",
@@ -92,6 +98,13 @@ class CuratedDoc:
     meta: str  # JSON
     units: list[dict[str, Any]]
     secrets_redacted: int
+    # when the document arrived (module docstring); None only in snapshots written before the
+    # field existed, read back as the mtime
+    arrived: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.arrived is None:
+            self.arrived = self.mtime
 
 
 @dataclass
@@ -180,18 +193,32 @@ class _ByteLRU:
             self.used -= len(old)
 
 
+def index_path(cache_root: Path, source: str) -> Path:
+    """The per-source curation index: it exists once the source has been curated."""
+    return Path(cache_root) / "index" / f"{source}.json"
+
+
+def arrival(mtime: float, ctime: float, first_curation: bool) -> float:
+    """When a new or changed file arrived (module docstring)."""
+    return mtime if first_curation else max(mtime, ctime)
+
+
 class _Cache:
     """Content-addressed outcome blobs plus, per source, the index of what each file depended on."""
 
     def __init__(self, root: Path, source: str):
         self.root = Path(root)
-        self.index_path = self.root / "index" / f"{source}.json"
+        self.index_path = index_path(self.root, source)
         self.index: dict[str, dict[str, Any]] = {}
+        self.has_history = False  # an earlier curation of the source left a readable index
         if self.index_path.exists():
             try:
                 self.index = json.loads(self.index_path.read_text())
+                self.has_history = True
             except (OSError, json.JSONDecodeError):
-                self.index = {}  # a damaged index only costs a full re-curation
+                # a damaged index only costs a full re-curation; arrivals fall back to mtimes
+                # rather than every file arriving now
+                self.index = {}
 
     def blob(self, key: str) -> Path:
         return self.root / "blobs" / key[:2] / f"{key}.json.gz"
@@ -220,7 +247,7 @@ class _Cache:
 
 
 def _finish(spec: SourceSpec, sf: SourceFile, outcome: FileOutcome, doc_id: str, settings: CurationSettings,
-            default_license: str | None) -> dict[str, Any]:
+            default_license: str | None, arrived: float | None = None) -> dict[str, Any]:
     """Outcome -> cacheable record: scrubbed, language/size filtered, licence resolved."""
     if outcome.status != "document" or outcome.document is None:
         counts: Counter[str] = Counter()
@@ -248,6 +275,7 @@ def _finish(spec: SourceSpec, sf: SourceFile, outcome: FileOutcome, doc_id: str,
             "doc_id": doc_id, "domain": spec.domain, "source": spec.name, "path": sf.relpath,
             "format": doc.format, "text": text, "n_bytes": sf.size, "n_tokens": count_tokens(text),
             "license": doc.license or default_license or "", "language": language, "mtime": sf.mtime,
+            "arrived": sf.mtime if arrived is None else arrived,
             "meta": json.dumps(scrub_obj(doc.meta, counts), sort_keys=True, default=str),
             "units": units, "secrets_redacted": sum(counts.values()),
         },
@@ -301,6 +329,24 @@ def curate_source(
             index_digests[name] = _digest(shared.index(name, _load(builder)))
         return index_digests[name]
 
+    previous = dict(cache.index)  # the previous curation's view of each file
+
+    def changed(rel: str) -> bool:
+        """New, or its bytes changed, since the previous curation of the source."""
+        entry = previous.get(rel)
+        return entry is None or entry.get("hash") != file_hash(rel)
+
+    def arrived_at(rel: str, deps: list[str]) -> float:
+        sf = by_path[rel]
+        if not cache.has_history:
+            return arrival(sf.mtime, sf.ctime, True)
+        kept = previous.get(rel, {}).get("arrived", sf.mtime)  # entries from before arrivals: mtime
+        moved = [by_path[d] for d in (rel, *deps) if changed(d)]
+        if not moved:
+            return kept
+        newest = max(arrival(f.mtime, f.ctime, False) for f in moved)
+        return newest if changed(rel) else max(kept, newest)  # a fragment it reads changed
+
     records: dict[str, dict[str, Any]] = {}
     deps_of: dict[str, list[str]] = {}
     new_index: dict[str, dict[str, Any]] = {}
@@ -323,9 +369,14 @@ def curate_source(
         ):
             cached = cache.get(entry["key"])
         if cached is not None:
+            # the file and what it read are unchanged: it keeps its arrival (the index's is the
+            # source's own; a blob's key does not name the source)
+            arrived = entry.get("arrived", cached.get("doc", {}).get("arrived", sf.mtime))
+            if cached["status"] == "document":
+                cached["doc"]["arrived"] = arrived
             records[rel] = cached
             deps_of[rel] = sorted(entry.get("deps", {}))
-            new_index[rel] = entry
+            new_index[rel] = {**entry, "arrived": arrived}
             result.from_cache += 1
             continue
         ctx = SourceContext(by_path, read, limits)
@@ -341,12 +392,14 @@ def curate_source(
                 outcome = FileOutcome.rejected(rel, r)
             except Exception as e:  # a curator bug must not lose the rest of the source
                 outcome = FileOutcome(rel, "rejected", "curator_error", type(e).__name__)
-        record = _finish(spec, sf, outcome, h, settings, licenses.get(rel, spec.license))
         deps = {d: file_hash(d) for d in sorted(ctx.reads) if d != rel and d in by_path}
+        arrived = arrived_at(rel, list(deps))
+        record = _finish(spec, sf, outcome, h, settings, licenses.get(rel, spec.license), arrived)
         indexes = {n: (b, current_index_digest(n, b)) for n, b in ctx.used_index.items()}
         key = _digest({"settings": skey, "path": rel, "hash": h, "deps": deps, "indexes": indexes})
         cache.put(key, record)
-        new_index[rel] = {"settings": skey, "hash": h, "deps": deps, "indexes": indexes, "key": key}
+        new_index[rel] = {"settings": skey, "hash": h, "deps": deps, "indexes": indexes, "key": key,
+                          "arrived": arrived}
         records[rel] = record
         deps_of[rel] = sorted(deps)
         result.recomputed += 1
@@ -396,6 +449,7 @@ def load_source_result(out_dir: Path) -> SourceResult:
     summary = json.loads((out_dir / "summary.json").read_text())
     result = SourceResult(**summary)
     with gzip.open(out_dir / "documents.jsonl.gz", "rt", encoding="utf-8") as f:
+        # a snapshot written before arrivals existed: CuratedDoc's arrived defaults to the mtime
         result.documents = [CuratedDoc(**json.loads(line)) for line in f]
     with open(out_dir / "quarantine.jsonl", encoding="utf-8") as f:
         result.quarantined = [Quarantined(**json.loads(line)) for line in f if line.strip()]

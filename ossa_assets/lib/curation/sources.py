@@ -68,6 +68,13 @@ class SourceFile:
     size: int
     read: Callable[[], bytes]
     mtime: float = 0.0
+    # local files: st_ctime, set by the kernel when the file is created or its metadata changes
+    # (cp -p, rsync -a, git and tar can backdate mtime, never ctime); other kinds: the mtime
+    ctime: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ctime is None:
+            self.ctime = self.mtime
 
 
 def _expand(value: Any, env: dict[str, str]) -> Any:
@@ -140,7 +147,7 @@ def _matches(rel: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bo
     return hit(include) and not hit(exclude)
 
 
-def _walk_local(root: Path, spec: SourceSpec) -> Iterator[SourceFile]:
+def _walk_local(root: Path, spec: SourceSpec, ctime: bool = True) -> Iterator[SourceFile]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"source {spec.name!r}: {root} is not a directory")
@@ -154,7 +161,8 @@ def _walk_local(root: Path, spec: SourceSpec) -> Iterator[SourceFile]:
             if not _matches(rel, spec.include, spec.exclude):
                 continue
             st = p.stat()
-            yield SourceFile(rel, st.st_size, (lambda p=p: p.read_bytes()), st.st_mtime)
+            yield SourceFile(rel, st.st_size, (lambda p=p: p.read_bytes()), st.st_mtime,
+                             st.st_ctime if ctime else None)
 
 
 def _git_checkout(spec: SourceSpec, cache_dir: Path) -> Path:
@@ -272,7 +280,7 @@ def list_files(spec: SourceSpec, cache_dir: Path) -> list[SourceFile]:
     if spec.kind == "local":
         files = _walk_local(Path(str(spec.path)), spec)
     elif spec.kind == "git":
-        files = _walk_local(_git_checkout(spec, cache_dir), spec)
+        files = _walk_local(_git_checkout(spec, cache_dir), spec, ctime=False)  # a checkout's ctime is the checkout's
     elif spec.kind == "fsspec":
         files = _fsspec_files(spec)
     else:
