@@ -288,6 +288,12 @@ def domain_checkpoint(
             "steps": settings.max_steps,
             "resumed_from_step": report["resumed_from_step"],
             "processes": report["world_size"],
+            # what trained, read off the run (not the config): single | ddp | fsdp2
+            "strategy": report.get("strategy", "single"),
+            **({"parameter_share_per_rank": dg.JsonMetadataValue(
+                {s["rank"]: round(s["local_numel"] / s["full_numel"], 4) for s in report["sharding"]
+                 if s.get("full_numel")})}
+               if report.get("sharding") else {}),
             "train_seconds": dg.FloatMetadataValue(round(report["train_seconds"], 2)),
             "tokens_per_second": dg.FloatMetadataValue(round(report["tokens_per_second"], 1)),
             "peak_memory_mb": dg.FloatMetadataValue(round(report["peak_memory_bytes"] / 2**20, 1)),
