@@ -36,7 +36,8 @@ class EmbeddingEvalConfigBase(dg.Config):
 
     max_regression: float = Field(
         default=0.0,
-        description="Blocking check: trained recall@10 and MRR may trail the base's by at most this.",
+        description="Blocking check: trained recall@10 and MRR may trail the base's by at most this, plus "
+        "one held-out query's worth (1 / pairs: what the held-out set can resolve).",
     )
 
 
@@ -53,7 +54,7 @@ class VectorIndexConfigBase(dg.Config):
     max_recall_drop: float = Field(
         default=0.0,
         description="Blocking check: a new model's collection may trail the live one's recall@10 by at "
-        "most this (same anchors, each collection with its own model).",
+        "most this plus one anchor's worth (same anchors, each collection with its own model).",
     )
     keep_previous: int = Field(default=1, description="Older collections kept for rollback.")
 

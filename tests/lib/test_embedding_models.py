@@ -211,12 +211,22 @@ def _broken(kind: str):
 def test_the_gate_fails_broken_models(kind):
     base = em.evaluate_retrieval(load_embedder(None, 64), HELDOUT)["384"]
     got = em.evaluate_retrieval(_broken(kind), HELDOUT)["512"]
-    decision = em.not_worse_than_base(got, base, max_regression=0.05)
+    decision = em.not_worse_than_base(got, base, max_regression=0.0)
     assert not decision.passed, (kind, got, base)
     if kind == "random":
         assert not got.degenerate and got.recall_at_10 < base.recall_at_10 - 0.05
     else:
         assert got.degenerate and got.degenerate.split(": ", 1)[1] in decision.reason
+
+
+def test_the_gate_resolves_one_query_and_no_less():
+    base = em.RetrievalMetrics(recall_at_10=0.80, mrr=0.60, queries=50, candidates=50)
+    one = em.RetrievalMetrics(recall_at_10=0.78, mrr=0.59, queries=50, candidates=50)  # one query out of the top 10
+    two = em.RetrievalMetrics(recall_at_10=0.76, mrr=0.59, queries=50, candidates=50)
+    assert em.not_worse_than_base(one, base, 0.0).passed
+    decision = em.not_worse_than_base(two, base, 0.0)
+    assert not decision.passed and "recall@10 0.760 < base 0.800 - 0.0200" in decision.reason
+    assert em.not_worse_than_base(two, base, 0.03).passed  # a configured tolerance adds to it
 
 
 def test_the_gate_passes_the_base_against_itself():
