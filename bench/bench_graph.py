@@ -41,7 +41,7 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
     from ossa_assets.embeddings.assets import index_records, recall_queries
     from ossa_assets.embeddings.config import EmbeddingModelConfig, VectorIndexConfig
     from ossa_assets.finetune.config import BaseModelConfig, FinetuneConfig, TokenizeConfig
-    from ossa_assets.lib import embedding_models, embeddings, finetune, lora, onnx_export, onnx_runtime
+    from ossa_assets.lib import embedding_models, embeddings, finetune, lora, onnx_export, onnx_runtime, retrieval_eval
     from ossa_assets.lib.curation import corpus as corpus_lib
     from ossa_assets.lib.curation import pipeline
     from ossa_assets.lib.curation.common import Limits
@@ -94,8 +94,8 @@ def bare(corpus: Path, work: Path) -> dict[str, float]:
                                                 ec.epochs, ec.warmup_ratio, ec.seed), model_dir / "work")
         model = embeddings.load_embedder(str(model_dir / "m"), ec.max_seq_length)
         k = embedding_models.KINDS[kind]
-        embedding_models.evaluate_retrieval(model, heldout, k.matryoshka_dims)
-        embedding_models.evaluate_retrieval(embeddings.load_embedder(None, ec.max_seq_length), heldout, (None,))
+        retrieval_eval.evaluate_retrieval(model, heldout, k.matryoshka_dims)
+        retrieval_eval.evaluate_retrieval(embeddings.load_embedder(None, ec.max_seq_length), heldout, (None,))
         records = index_records(kind, corpora)
         client = embeddings.open_qdrant(path=str(_fresh(work / "qdrant" / kind)))
         embeddings.sync_collection(client, model, kind, records, "bench", batch_size=vc.batch_size)

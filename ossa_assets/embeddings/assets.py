@@ -35,6 +35,7 @@ from ossa_assets.embeddings.config import (
 from ossa_assets.embeddings.partitions import embedding_partitions
 from ossa_assets.keys import CURATED_CORPUS, EMBEDDING_EVAL, EMBEDDING_MODEL, EMBEDDING_PAIRS, VECTOR_INDEX
 from ossa_assets.lib import embedding_models as em
+from ossa_assets.lib import retrieval_eval
 from ossa_assets.lib.artifacts import (
     Artifact,
     atomic_write_text,
@@ -203,13 +204,13 @@ def embedding_eval(
     kind = context.partition_key
     heldout = load_pairs(pairs.path, "heldout")
     seq = model.meta.get("max_seq_length")
-    trained = em.evaluate_retrieval(load_embedder(model.path, seq), heldout, model.meta["matryoshka_dims"])
-    base = em.evaluate_retrieval(load_embedder(model.meta["base_path"], seq), heldout, (None,))
+    trained = retrieval_eval.evaluate_retrieval(load_embedder(model.path, seq), heldout, model.meta["matryoshka_dims"])
+    base = retrieval_eval.evaluate_retrieval(load_embedder(model.meta["base_path"], seq), heldout, (None,))
     full, (base_key, base_m) = trained[str(model.meta["dim"])], next(iter(base.items()))
-    decision = em.not_worse_than_base(full, base_m, config.max_regression)
+    decision = retrieval_eval.not_worse_than_base(full, base_m, config.max_regression)
     passed = decision.passed
     report = {"model": kind, "model_version": model.data_version, "pairs_version": pairs.data_version,
-              "trained": em.metrics_dict(trained), "base": em.metrics_dict(base), "passed": passed,
+              "trained": retrieval_eval.metrics_dict(trained), "base": retrieval_eval.metrics_dict(base), "passed": passed,
               "reason": decision.reason}
     version = sha256_json(report)
     out = store.dir_for(context.asset_key, kind) / f"{version[:16]}.json"
