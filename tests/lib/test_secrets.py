@@ -4,7 +4,8 @@ from collections import Counter
 
 import pytest
 
-from ossa_assets.lib.curation.secrets import _PLUGINS, scrub
+from ossa_assets.lib.curation.secret_plugins import PLUGINS
+from ossa_assets.lib.curation.secrets import scrub
 
 
 @pytest.mark.parametrize(("text", "kind"), [
@@ -172,12 +173,12 @@ PLUGIN_EXAMPLES = {
 
 @pytest.mark.parametrize("name", sorted(PLUGIN_EXAMPLES))
 def test_each_plugin_trigger_covers_its_patterns(name):
-    plugins = [p for p in _PLUGINS if type(p.plugin).__name__ == name]
+    plugins = [p for p in PLUGINS if type(p.plugin).__name__ == name]
     assert plugins
     for line in PLUGIN_EXAMPLES[name]:
         assert list(plugins[0].plugin.analyze_string(line)), line  # the example is one of the plugin's
         assert any(p.trigger.search(line.lower() if p.lowercase else line) for p in plugins), line
-    assert {type(p.plugin).__name__ for p in _PLUGINS} == set(PLUGIN_EXAMPLES)
+    assert {type(p.plugin).__name__ for p in PLUGINS} == set(PLUGIN_EXAMPLES)
 
 
 @pytest.mark.parametrize("text", [

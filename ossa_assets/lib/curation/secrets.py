@@ -28,30 +28,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Iterable
 
-from detect_secrets.filters.heuristic import is_prefixed_with_dollar_sign, is_templated_secret
-from detect_secrets.plugins.artifactory import ArtifactoryDetector
-from detect_secrets.plugins.aws import AWSKeyDetector
-from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
-from detect_secrets.plugins.base import RegexBasedDetector
-from detect_secrets.plugins.basic_auth import BasicAuthDetector
-from detect_secrets.plugins.cloudant import CloudantDetector
-from detect_secrets.plugins.discord import DiscordBotTokenDetector
-from detect_secrets.plugins.github_token import GitHubTokenDetector
-from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
-from detect_secrets.plugins.ibm_cloud_iam import IbmCloudIamDetector
-from detect_secrets.plugins.ibm_cos_hmac import IbmCosHmacDetector
-from detect_secrets.plugins.jwt import JwtTokenDetector
-from detect_secrets.plugins.mailchimp import MailchimpDetector
-from detect_secrets.plugins.npm import NpmDetector
-from detect_secrets.plugins.openai import OpenAIDetector
-from detect_secrets.plugins.pypi_token import PypiTokenDetector
-from detect_secrets.plugins.sendgrid import SendGridDetector
-from detect_secrets.plugins.slack import SlackDetector
-from detect_secrets.plugins.softlayer import SoftlayerDetector
-from detect_secrets.plugins.square_oauth import SquareOAuthDetector
-from detect_secrets.plugins.stripe import StripeDetector
-from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
-from detect_secrets.plugins.twilio import TwilioKeyDetector
+from ossa_assets.lib.curation.secret_plugins import PLUGINS, Plugin, run_plugin
 
 # -- our own unambiguous formats, over the whole text (first) ----------------------------------
 
@@ -72,79 +49,6 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b")),
     # user:password@ in a URL, unless the password is a variable ($X, ${X}, ${{ secrets.X }})
     ("url_credentials", re.compile(r"(?<=://)[^/\s:@$]{1,64}:(?!\$)[^/\s@]{3,128}(?=@)")),
-]
-
-# -- detect-secrets plugins, line by line (last: after our line rules) -------------------------
-#
-# Chosen: the plugins that look for a credential's own format (a provider prefix, a fixed length
-# next to a provider's keyword). Left out, on purpose:
-# - Base64HighEntropyString / HexHighEntropyString: they flag every random-looking quoted string;
-#   over ../shared/corpora they fire ~95,000 times, on image digests, commit SHAs, checksums,
-#   example hashes and ids in OpenAPI specs and CI files -- none of them secrets;
-# - KeywordDetector: "a secret-sounding name, then anything" -- over the same corpora it flags
-#   prose in comments ("API Key as a Secret: Save your ..."), code (`= new SecretStore(...)`,
-#   `= true;`), `secrets: inherit` and `MYSQL_RANDOM_ROOT_PASSWORD: yes`; our own assignment
-#   rule below covers that shape with the exceptions references and schemas need;
-# - IPPublicDetector: a public IP address is not a credential (and OPC UA / OpenAPI examples are
-#   full of them);
-# - PrivateKeyDetector: it reports the `BEGIN ... PRIVATE KEY` header, not the key material; our
-#   private_key format redacts the whole block.
-#
-# Plugins are instantiated directly and only their `analyze_string` is called: no global
-# detect-secrets settings (not thread-safe), no verification (no network), no baseline filters.
-# Each carries a trigger: a cheap regex that must match wherever the plugin's own patterns match
-# (a literal prefix or keyword of theirs), searched over the whole text so that the plugin runs
-# only on the few lines that could hold its secret (some of their patterns start with optional
-# groups and cost a scan at every position).
-
-
-class _Plugin:
-    __slots__ = ("kind", "plugin", "trigger", "lowercase")
-
-    def __init__(self, kind: str | Callable[[str], str], plugin: RegexBasedDetector, trigger: str,
-                 lowercase: bool = False):
-        self.kind = kind if callable(kind) else (lambda _v, k=kind: k)
-        self.plugin = plugin
-        self.trigger = re.compile(trigger)
-        self.lowercase = lowercase  # the trigger is searched in the lowercased text (for IGNORECASE patterns)
-
-
-_AWS_KEY_ID = re.compile(r"(?:A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA)[0-9A-Z]{16}")
-_AWS = AWSKeyDetector()
-
-
-def _aws_kind(value: str) -> str:
-    return "aws_access_key_id" if _AWS_KEY_ID.fullmatch(value) else "aws_secret_access_key"
-
-
-_PLUGINS: list[_Plugin] = [
-    _Plugin(_aws_kind, _AWS, r"A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA"),
-    _Plugin(_aws_kind, _AWS, r"aws", lowercase=True),  # its 40-character secret near "aws" (IGNORECASE)
-    _Plugin("artifactory_token", ArtifactoryDetector(), r"AKC|AP[\dA-F]"),
-    _Plugin("azure_storage_key", AzureStorageKeyDetector(), r"AccountKey="),
-    _Plugin("url_credentials", BasicAuthDetector(), r"://"),
-    _Plugin("cloudant_credentials", CloudantDetector(),
-            r"cl(?:oudant|ou)?[-_]?(?:api)?(?:key|pw|pass|token)|cloudant\.com", lowercase=True),
-    _Plugin("discord_token", DiscordBotTokenDetector(), r"\.[a-zA-Z\d_-]{6}\.[a-zA-Z\d_-]{27}"),
-    _Plugin("github_token", GitHubTokenDetector(), r"gh[pousr]_"),
-    _Plugin("gitlab_token", GitLabTokenDetector(),
-            r"gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"),
-    _Plugin("ibm_cloud_iam_key", IbmCloudIamDetector(),
-            r"(?:key|pwd|pass(?:word)?|token)[\"'\]]{0,2} *(?::=|=>|::|=|:| +) *[\"']?[a-z0-9_\-]{44}", lowercase=True),
-    _Plugin("ibm_cos_hmac", IbmCosHmacDetector(), r"secret[-_]?(?:access)?[-_]?key", lowercase=True),
-    _Plugin("jwt", JwtTokenDetector(), r"eyJ"),
-    _Plugin("mailchimp_key", MailchimpDetector(), r"-us[0-9]"),
-    _Plugin("npm_token", NpmDetector(), r":_authToken="),
-    _Plugin("openai_key", OpenAIDetector(), r"T3BlbkFJ"),
-    _Plugin("pypi_token", PypiTokenDetector(), r"pypi-AgE"),
-    _Plugin("sendgrid_key", SendGridDetector(), r"SG\."),
-    _Plugin("slack_token", SlackDetector(), r"xox[abposr]-|hooks\.slack\.com", lowercase=True),
-    _Plugin("softlayer_credentials", SoftlayerDetector(), r"softlayer|sl[-_]?(?:api)?(?:key|pwd|pass|token)",
-            lowercase=True),
-    _Plugin("square_oauth_secret", SquareOAuthDetector(), r"sq0csp-"),
-    _Plugin("stripe_key", StripeDetector(), r"k_live_"),
-    _Plugin("telegram_token", TelegramBotTokenDetector(), r":[0-9A-Za-z_-]{35}"),
-    _Plugin("twilio_key", TwilioKeyDetector(), r"(?:AC|SK)[a-z0-9]{32}"),
 ]
 
 # -- our own line rules (run on a line before the plugins) -------------------------------------
@@ -388,27 +292,6 @@ def _own_rules(line: str, counts: Counter[str]) -> str:
     return _assignments(line, counts)
 
 
-def _run_plugin(plugin: _Plugin, line: str, counts: Counter[str]) -> str:
-    values = {v for v in plugin.plugin.analyze_string(line)
-              if len(v) >= 4 and not is_templated_secret(v) and not is_prefixed_with_dollar_sign(v)}
-    for value in sorted(values, key=len, reverse=True):
-        kind = plugin.kind(value)
-        taken = [m.span() for m in _MARKER.finditer(line)]
-
-        def redact(m: re.Match[str], kind: str = kind, taken: list[tuple[int, int]] = taken) -> str:
-            if any(m.start() < e and s < m.end() for s, e in taken):
-                return m.group(0)  # part of one of our markers (`://<REDACTED:x>@` is user:password to BasicAuth)
-            counts[kind] += 1
-            return f"<REDACTED:{kind}>"
-
-        # a JWT as detect-secrets reports it may stop before its signature: take the rest of the token
-        line = re.sub(re.escape(value) + (r"[A-Za-z0-9_\-.+/=]*" if kind == "jwt" else ""), redact, line)
-    return line
-
-
-_MARKER = re.compile(r"<REDACTED:[a-z0-9_]+>")
-
-
 def _line_spans(text: str, pattern: re.Pattern[str]) -> Iterable[tuple[int, int]]:
     """(start, end) of each line holding a match of `pattern`, once per line, in order."""
     end = -1
@@ -435,10 +318,10 @@ def scrub(text: str, counts: Counter[str] | None = None) -> str:
     lower = text.lower()
     if len(lower) != len(text):  # (a character whose lowercase is longer: keep the offsets)
         lower = text.translate(_ASCII_LOWER)
-    todo: dict[int, tuple[int, list[_Plugin | None]]] = {}
+    todo: dict[int, tuple[int, list[Plugin | None]]] = {}
     for start, end in _line_spans(lower, _LINE_TRIGGER):
         todo[start] = (end, [None])
-    for plugin in _PLUGINS:
+    for plugin in PLUGINS:
         for start, end in _line_spans(lower if plugin.lowercase else text, plugin.trigger):
             rules = todo.setdefault(start, (end, []))[1]
             if not any(r is not None and r.plugin is plugin.plugin for r in rules):
@@ -452,7 +335,7 @@ def scrub(text: str, counts: Counter[str] | None = None) -> str:
         end, rules = todo[start]
         line = text[start:end]
         for rule in rules:
-            line = _own_rules(line, counts) if rule is None else _run_plugin(rule, line, counts)
+            line = _own_rules(line, counts) if rule is None else run_plugin(rule, line, counts)
         out.append(text[pos:start])
         out.append(line)
         pos = end
