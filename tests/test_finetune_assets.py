@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from resources.mlflow import MlflowResource
-from tests.conftest import ROOT, copy_sample, curate_all, tiny_resources
+from tests.conftest import ROOT, assert_same_tensors, copy_sample, curate_all, probe_losses, tiny_resources
 
 DOMAIN = "devops_workflow"
 # long enough to be killed mid-run; a lower rate so 150 steps on the small sample do not overfit
@@ -49,11 +49,6 @@ dg.materialize([domain_checkpoint, base_model.to_source_asset(), tokenized_corpu
 """
 
 
-def _losses(probe: Path) -> dict[int, float]:
-    lines = (probe / "losses.jsonl").read_text().split("\n")[:-1] if (probe / "losses.jsonl").exists() else []
-    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
-
-
 def _complete(work: Path) -> list[int]:
     from ossa_assets.lib.training import COMPLETE_MARKER
 
@@ -72,15 +67,6 @@ def _checkpoint_state(work: Path, step: int) -> dict:
     for idx, st in optim["state"].items():
         flat.update({f"optim/{idx}/{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
     return flat
-
-
-def _assert_same_tensors(got: dict, want: dict) -> None:
-    import torch
-
-    assert sorted(got) == sorted(want)
-    assert any(k.endswith("/exp_avg_sq") for k in want), "the optimizer moments are compared too"
-    for k, v in want.items():
-        assert torch.equal(got[k].reshape(v.shape), v), k
 
 
 def _nothing_published(data_root: Path, resources) -> None:
@@ -127,7 +113,7 @@ def test_killed_step_resumes_exactly_when_rematerialized(tmp_path, data_root, mo
         try:
             deadline = time.time() + 300
             while time.time() < deadline and proc.poll() is None:
-                if kill_at_step and max(_losses(probe), default=0) >= kill_at_step:
+                if kill_at_step and max(probe_losses(probe), default=0) >= kill_at_step:
                     proc.send_signal(signal.SIGKILL)
                 time.sleep(0.02)
             assert proc.wait(timeout=30) == -signal.SIGKILL, "attempt was not killed:\n" + log.read_text()[-3000:]
@@ -143,13 +129,13 @@ def test_killed_step_resumes_exactly_when_rematerialized(tmp_path, data_root, mo
     saved1 = _complete(work)[-1]
     assert 10 <= saved1 <= kill_at
     state1 = _checkpoint_state(work, saved1)
-    curve1 = _losses(probe1)
+    curve1 = probe_losses(probe1)
 
     # attempt 2: resumes, then dies halfway through writing a later checkpoint
     torn_at = saved1 + 10 * rng.randint(2, 4)
     probe2 = attempt(2, torn_at=torn_at)
-    _assert_same_tensors(load_file(str(probe2 / f"start-{saved1}.safetensors")), state1)
-    curve2 = _losses(probe2)
+    assert_same_tensors(load_file(str(probe2 / f"start-{saved1}.safetensors")), state1)
+    curve2 = probe_losses(probe2)
     assert min(curve2) == saved1 + 1 and max(curve2) == torn_at
     for step in set(curve1) & set(curve2):  # the killed attempt's curve, continued exactly
         assert curve2[step] == pytest.approx(curve1[step], rel=1e-6), step
@@ -167,8 +153,8 @@ def test_killed_step_resumes_exactly_when_rematerialized(tmp_path, data_root, mo
     assert res.success
     md = {k: v.value for k, v in res.asset_materializations_for_node("finetune__domain_checkpoint")[0].metadata.items()}
     assert md["resumed_from_step"] == saved2  # the torn checkpoint-<torn_at> was never loaded
-    _assert_same_tensors(load_file(str(tmp_path / "probe3" / f"start-{saved2}.safetensors")), state2)
-    curve3 = _losses(tmp_path / "probe3")
+    assert_same_tensors(load_file(str(tmp_path / "probe3" / f"start-{saved2}.safetensors")), state2)
+    curve3 = probe_losses(tmp_path / "probe3")
     assert sorted(curve3) == list(range(saved2 + 1, 151))
     for step in set(curve2) & set(curve3):
         assert curve3[step] == pytest.approx(curve2[step], rel=1e-6), step

@@ -16,6 +16,7 @@ import pytest
 from ossa_assets.lib import finetune
 from ossa_assets.lib.train_job import TrainJobSpec
 from ossa_assets.lib.training import COMPLETE_MARKER, TrainSettings, latest_complete_checkpoint
+from tests.conftest import assert_same_tensors, probe_losses
 
 TEXTS = [
     f"openapi: 3.0.3\ninfo:\n  title: Service {i}\n  version: '{i}.0'\npaths:\n  /items/{{id}}:\n"
@@ -125,12 +126,6 @@ def _workers_of(spec_path: Path) -> list[int]:
     return found
 
 
-def _losses(probe: Path) -> dict[int, float]:
-    # a line being written when the reader looks is skipped (it ends without a newline)
-    rows = [json.loads(line) for line in (probe / "losses.jsonl").read_text().split("\n")[:-1]]
-    return {r["step"]: r["loss"] for r in rows}
-
-
 def _dcp_state(ckpt: Path, out: Path) -> dict:
     """A sharded (torch.distributed.checkpoint) checkpoint read back whole, flattened like the probe."""
     import torch
@@ -142,15 +137,6 @@ def _dcp_state(ckpt: Path, out: Path) -> dict:
     for fqn, st in state["optim"]["state"].items():
         flat.update({f"optim/{fqn}/{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
     return flat
-
-
-def _assert_same_tensors(got: dict, want: dict) -> None:
-    import torch
-
-    assert sorted(got) == sorted(want)
-    assert any(k.startswith("optim/") and k.endswith("exp_avg_sq") for k in want), "optimizer moments compared"
-    for k in want:
-        assert torch.equal(got[k].reshape(want[k].shape), want[k]), k
 
 
 def test_fsdp_shards_resumes_exactly_and_saves_the_whole_model(tmp_path, prepared, single_process_report):
@@ -176,7 +162,7 @@ def test_fsdp_shards_resumes_exactly_and_saves_the_whole_model(tmp_path, prepare
         deadline = time.time() + 240
         while time.time() < deadline and first.poll() is None:
             logged = tmp_path / "probe1" / "losses.jsonl"
-            if logged.exists() and max(_losses(tmp_path / "probe1"), default=0) >= kill_after:
+            if logged.exists() and max(probe_losses(tmp_path / "probe1"), default=0) >= kill_after:
                 break
             time.sleep(0.02)
         assert first.poll() is None, "training finished before it could be killed:\n" + log.read_text()[-2000:]
@@ -193,7 +179,7 @@ def test_fsdp_shards_resumes_exactly_and_saves_the_whole_model(tmp_path, prepare
     complete = sorted(int(d.name.split("-")[1]) for d in ckpt.glob("checkpoint-*") if (d / COMPLETE_MARKER).exists())
     resume_at = complete[-1]
     saved = _dcp_state(ckpt / f"checkpoint-{resume_at}", tmp_path / "saved.pt")
-    killed_curve = _losses(tmp_path / "probe1")
+    killed_curve = probe_losses(tmp_path / "probe1")
     assert max(killed_curve) > resume_at, "the killed run went past its last checkpoint"
 
     second = subprocess.run(command, env={**ENV, PROBE_ENV: str(tmp_path / "probe2")},
@@ -212,9 +198,9 @@ def test_fsdp_shards_resumes_exactly_and_saves_the_whole_model(tmp_path, prepare
 
     # resumed from the exact parameters and optimizer moments of the last complete checkpoint
     assert report["resumed_from_step"] == resume_at
-    _assert_same_tensors(load_file(str(tmp_path / "probe2" / f"start-{resume_at}.safetensors")), saved)
+    assert_same_tensors(load_file(str(tmp_path / "probe2" / f"start-{resume_at}.safetensors")), saved)
     # ... and continued the killed run's loss curve step for step
-    resumed_curve = _losses(tmp_path / "probe2")
+    resumed_curve = probe_losses(tmp_path / "probe2")
     assert sorted(resumed_curve) == list(range(resume_at + 1, 61))
     overlap = [s for s in resumed_curve if s in killed_curve]
     assert overlap, "the killed run logged steps past its checkpoint"
