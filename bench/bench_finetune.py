@@ -14,7 +14,7 @@ All on one domain of the sample corpus with the active profile's model. Prints m
 target is the orchestration's promise, so it is judged at every step count measured, the tiny
 ones too (where fixed costs per run weigh most).
 
-  python bench/bench_finetune.py [--domain devops_workflow] [--steps 40 200] [--repeat 3]
+  python bench/bench_finetune.py [--domain devops_workflow] [--steps 80 200] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> int:
     verdicts = Verdicts()
     ap = argparse.ArgumentParser()
     ap.add_argument("--domain", default="devops_workflow")
-    ap.add_argument("--steps", type=int, nargs="+", default=[40, 200])
+    ap.add_argument("--steps", type=int, nargs="+", default=[80, 200])  # the tiny profile, and longer
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ossa-bench-ft-"))
