@@ -8,6 +8,9 @@ and prints documents/s of the full run, the incremental/full time ratio (target 
 per domain the documents in and out with the quarantine reasons.
 
   python bench/bench_curation.py [--corpus DIR] [--repeat N] [--changed 0.01]
+
+Each target is printed as `TARGET <what>: <target>; measured <x> -> MET | MISSED` (bench/verdict.py);
+the bench exits 1 if any target is MISSED.
 """
 
 from __future__ import annotations

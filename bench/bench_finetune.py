@@ -15,6 +15,9 @@ target is the orchestration's promise, so it is judged at every step count measu
 ones too (where fixed costs per run weigh most).
 
   python bench/bench_finetune.py [--domain devops_workflow] [--steps 80 200] [--repeat 3]
+
+Each target is printed as `TARGET <what>: <target>; measured <x> -> MET | MISSED` (bench/verdict.py);
+the bench exits 1 if any target is MISSED.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ graph's target: `ossa materialize` of the whole graph within 3 minutes on 2 core
 --repeat N for medians (each repetition takes minutes on 2 cores).
 
   python bench/bench_graph.py [--corpus DIR] [--repeat N]
+
+Each target is printed as `TARGET <what>: <target>; measured <x> -> MET | MISSED` (bench/verdict.py);
+the bench exits 1 if any target is MISSED.
 """
 
 from __future__ import annotations

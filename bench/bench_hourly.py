@@ -11,6 +11,9 @@ at least one new document): a no-op run of the hour that happened to land first 
 the clock keeps running.
 
   python bench/bench_hourly.py [--repeat 3]
+
+Each target is printed as `TARGET <what>: <target>; measured <x> -> MET | MISSED` (bench/verdict.py);
+the bench exits 1 if any target is MISSED.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Targets (verdicts at the end) for the engine the stage ships (per-channel + redu
 agreement with torch fp32 >= 0.95 (quantize/int8_model's gate, `min_top1_agreement`) and size
 <= 0.35 of fp32 (int8 weights are a quarter of fp32; embeddings, scales and graph add the rest).
 Latency ratios are printed for comparison, without a target.
+
+Each target is printed as `TARGET <what>: <target>; measured <x> -> MET | MISSED` (bench/verdict.py);
+the bench exits 1 if any target is MISSED.
 """
 
 from __future__ import annotations
