@@ -24,16 +24,20 @@ def _devops_source(resources):
     return spec
 
 
+def _curated_devops(tmp_path, data_root):
+    """The sample corpus with its devops source curated: (corpus, resources, instance, spec, git cache)."""
+    corpus = copy_sample(tmp_path / "corpus")
+    resources = tiny_resources(data_root, corpus)
+    instance = dg.DagsterInstance.ephemeral()
+    curate_all(instance, resources, domains=("devops_workflow",))
+    return corpus, resources, instance, _devops_source(resources), data_root / "cache" / "git"
+
+
 def test_new_documents_sensor_requests_curation_then_the_hour(tmp_path, data_root):
     from ossa_assets.corpora.assets import source_documents
     from sensors.new_documents import cursor_listings, evaluate_new_documents, hour_key, new_documents_sensor
 
-    corpus = copy_sample(tmp_path / "corpus")
-    resources = tiny_resources(data_root, corpus)
-    instance = dg.DagsterInstance.ephemeral()
-    spec = _devops_source(resources)
-    curate_all(instance, resources, domains=("devops_workflow",))
-    cache = data_root / "cache" / "git"
+    corpus, resources, instance, spec, cache = _curated_devops(tmp_path, data_root)
 
     # first tick: a baseline, no requests for history
     requests, cursor, summary = evaluate_new_documents(instance, resources["corpus"], None, cache)
@@ -241,12 +245,7 @@ def test_a_file_copied_in_with_its_old_mtime_trains_the_hour_it_arrived(tmp_path
 def test_old_format_cursor_is_a_baseline(tmp_path, data_root):
     from sensors.new_documents import evaluate_new_documents, hour_key
 
-    corpus = copy_sample(tmp_path / "corpus")
-    resources = tiny_resources(data_root, corpus)
-    instance = dg.DagsterInstance.ephemeral()
-    spec = _devops_source(resources)
-    curate_all(instance, resources, domains=("devops_workflow",))
-    cache = data_root / "cache" / "git"
+    corpus, resources, instance, spec, cache = _curated_devops(tmp_path, data_root)
 
     old = json.dumps({"seen": {s.name: time.time() for s in resources["corpus"].specs()}, "pending": {}})
     requests, cursor, summary = evaluate_new_documents(instance, resources["corpus"], old, cache)
