@@ -1,4 +1,4 @@
-"""Warm-up for the step forkserver (listed in resources/k8s.py PRELOAD_MODULES).
+"""Warm-up for the step forkserver (listed in resources/local_executor.py PRELOAD_MODULES).
 
 Opening the Dagster instance the first time in a process costs ~1 s of imports (SQLAlchemy,
 alembic, the storage classes). The local executor forks every step from one server process;

@@ -36,7 +36,7 @@ def test_hourly_backfill_runs_hours_in_order(tmp_path, data_root, monkeypatch):
     from ossa_assets.finetune.assets import base_model
     from ossa_assets.keys import REALTIME_ADAPTER
     from resources import build_resources
-    from resources.k8s import IN_PROCESS_RUN_CONFIG
+    from resources.local_executor import IN_PROCESS_RUN_CONFIG
 
     corpus = copy_sample(tmp_path / "corpus")
     monkeypatch.setenv("OSSA_CORPUS_ROOT", str(corpus))

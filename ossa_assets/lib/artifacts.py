@@ -125,6 +125,38 @@ def publish_versioned(tmp: Path, parent: Path, exclude: tuple[str, ...] = ()) ->
     return publish_dir(tmp, Path(parent) / version[:16]), version
 
 
+# the embedded services keep their own files (and temp files) under the data root
+_NOT_STAGING = ("qdrant", "mlflow", "graph")
+
+
+def leftover_staging(root: Path) -> list[Path]:
+    """Staging dirs and temp files that a killed process left under the data root."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for top in root.iterdir():
+        if top.name in _NOT_STAGING or not top.is_dir():
+            continue
+        for p in top.rglob(".*"):
+            if (p.is_dir() and p.name.startswith(".tmp-")) or (p.is_file() and p.name.endswith(".tmp")):
+                if not any(parent.name.startswith(".tmp-") for parent in p.parents):
+                    found.append(p)
+    return sorted(found)
+
+
+def sweep_staging(root: Path) -> list[Path]:
+    """Remove what `leftover_staging` finds. Only safe while no step is running: a live step's
+    staging dir looks the same."""
+    removed = leftover_staging(root)
+    for p in removed:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,6 +199,26 @@ class EmbeddedFalkorDB:
                 time.sleep(0.05)
         return True
 
+    def state(self) -> tuple[str, bool]:
+        """(what `ossa doctor` says, whether a dead server left its pidfile behind)."""
+        pid = self.pid()
+        if self._probe():
+            return f"running (pid {pid})", False
+        if pid is None:
+            return "stopped (it starts on first use)", False
+        if _is_our_server(pid, self.data_dir):
+            return f"pid {pid} runs but does not answer on {self.socket_path}", False
+        return (f"stopped; its pidfile names pid {pid}, which is gone (the next use starts a "
+                "fresh server on the same AOF)"), True
+
+    def clear_stale(self) -> None:
+        """Remove a dead server's pidfile and socket (the next start would replace them anyway)."""
+        with _file_lock(self.data_dir / ".falkordb.lock", 2 * self.start_timeout):
+            pid = self.pid()
+            if pid is not None and not _is_our_server(pid, self.data_dir) and not self._probe():
+                self.pidfile.unlink(missing_ok=True)
+                self.socket_path.unlink(missing_ok=True)
+
     def _connect(self) -> Any:
         if self._graph is None:
             import falkordb

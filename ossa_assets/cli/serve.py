@@ -1,0 +1,113 @@
+"""`ossa serve` and `ossa run`: the inference server, and materialize-then-serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ossa_assets.cli.lineage import _graph_store
+from ossa_assets.cli.materialize import materialize
+
+
+def _state_path() -> Path:
+    from resources import data_root
+
+    return data_root() / "serving" / "deployment.json"
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from ossa_assets.serving.server import create_app
+
+    app = create_app(_state_path(), cache_url=os.environ.get("OSSA_REDIS_URL"), graph_factory=_graph_store)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def smoke_test(log=print) -> tuple[int, int]:
+    """One request per endpoint against an in-process server over real HTTP."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from ossa_assets.serving.server import ROUTES, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(_state_path(), graph_factory=_graph_store), host="127.0.0.1", port=port,
+                       log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    ok = total = 0
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            probes: list[tuple[str, str, Any]] = [("GET", "/health", None), ("GET", "/v1/models", None)]
+            probes += [("POST", r, {"prompt": "openapi: 3.0.0\ninfo:", "max_new_tokens": 8}) for r in ROUTES]
+            probes.append(("POST", "/v1/search", {"query": "list pets by tag", "limit": 3}))
+            probes.append(("POST", "/v1/search", {"query": "run the unit tests", "index": "capability", "limit": 3}))
+            probes.append(("POST", "/v1/search", {"query": "paths: get: responses", "index": "code", "limit": 3}))
+            probes.append(("GET", "/v1/lineage/upstream?id=/api-model/v1&documents=3", None))
+            for method, path, body in probes:
+                total += 1
+                r = client.request(method, path, json=body)
+                good = r.status_code == 200
+                ok += good
+                preview = json.dumps(r.json())[:140]
+                log(f"  {method} {path} -> {r.status_code} {preview}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return ok, total
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    summary = materialize()
+    print(f"graph materialized in {summary.seconds:.1f}s")
+    if ci:
+        ok, total = smoke_test()
+        print(f"smoke requests: {ok}/{total} answered 200")
+        print(summary.line())
+        return 0 if summary.ok and ok == total else 1
+    if not summary.ok:
+        print(summary.line())
+        print("inspect the failed runs in the Dagster UI: make ui")
+        return 1
+    print(summary.line())
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.ui_port)]
+    )
+    print(f"Dagster UI: http://{args.host}:{args.ui_port}   endpoints: http://{args.host}:{args.port}")
+    try:
+        _serve(args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # SIGINT, as Ctrl-C in a terminal would: `dagster dev` then stops its webserver, daemon
+        # and code servers (on SIGTERM it would exit and leave them running)
+        ui.send_signal(signal.SIGINT)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            ui.kill()
+    return 0
+
+
