@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 # Steps share two cores: OpenMP threads that spin while waiting for a busy core made torch
 # steps 2-10x slower when another step ran beside them; passive waiting costs little alone.
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "materialize":
-        summary = materialize(only=args.job, verbose=args.verbose)
+        try:
+            summary = materialize(only=args.job, verbose=args.verbose)
+        except KeyboardInterrupt:  # a second Ctrl-C while the first one's run was winding down
+            print("interrupted", file=sys.stderr)
+            return 130
         print(summary.line())
         if summary.interrupted:
             return 130  # what a shell reports for a command stopped by Ctrl-C
