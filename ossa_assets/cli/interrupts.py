@@ -27,6 +27,7 @@ class Interrupts:
         self.signal_name: str | None = None
         self._count = 0
         self._active = False
+        self.exiting = threading.Event()
 
     def __enter__(self) -> "Interrupts":
         if threading.current_thread() is not threading.main_thread():
@@ -48,8 +49,8 @@ class Interrupts:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self._active:
-            return
+        if not self._active or self.signal_name:
+            return  # interrupted: keep watching, so a second Ctrl-C while it winds down exits at once
         signal.set_wakeup_fd(self._old_fd)
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
@@ -73,17 +74,25 @@ class Interrupts:
                     self.signal_name = signal.Signals(signum).name
                     self.log(f"{self.signal_name}: canceling the current run, then stopping "
                              "(press Ctrl-C again to exit at once)")
-                    self._request_cancel()
+                    # its own thread: the cancel request may wait on the database while the
+                    # run writes events, and a second Ctrl-C must still be seen at once
+                    threading.Thread(target=self._request_cancel, name="ossa-cancel", daemon=True).start()
                 else:
                     self._exit_now()
 
     def _exit_now(self) -> None:
         from ossa_assets.lib.processes import kill_descendants
 
-        n = kill_descendants()
-        self.log(f"second interrupt: exiting now ({n} child processes killed; the next "
+        self.exiting.set()  # the main thread must not finish first and skip the kill
+        self.log("second interrupt: exiting now (killing child processes; the next "
                  "`ossa materialize` or `ossa doctor --repair` recovers the run)")
+        kill_descendants()
         os._exit(130)
+
+    def hold_if_exiting(self) -> None:
+        """Called last by the main thread: a second interrupt being handled ends the process."""
+        if self.exiting.is_set():
+            threading.Event().wait(30)
 
     def _own_live_runs(self, inst):
         import dagster as dg

@@ -165,6 +165,7 @@ def materialize(only: list[str] | None = None, log=print, verbose: bool = False)
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
         log(f"stopped by {summary.interrupted}: no further runs started")
+        interrupts.hold_if_exiting()
         return summary
     try:
         from ossa_assets.cli.lineage import lineage_sync
