@@ -18,7 +18,8 @@ SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
 
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):
-    """A fresh OSSA_DATA_ROOT and DAGSTER_HOME (with the project's dagster.yaml)."""
+    """A fresh OSSA_DATA_ROOT and DAGSTER_HOME (with the project's dagster.yaml); the embedded
+    graph server a test starts under it is stopped afterwards (it outlives its starter)."""
     root = tmp_path / "data"
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -26,7 +27,41 @@ def data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("OSSA_DATA_ROOT", str(root))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return root
+    yield root
+    stop_graph_store(root)
+
+
+def stop_graph_store(data_root: Path) -> None:
+    from ossa_assets.lib.graph_store import EmbeddedFalkorDB
+
+    if (data_root / "graph").is_dir():
+        EmbeddedFalkorDB(data_root / "graph").stop()
+
+
+# -- nothing outlives its test module -------------------------------------------------------
+
+_LEAKS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_processes(request, tmp_path_factory):
+    """After each module's own teardown: no server it started is still running. Whatever is
+    left is stopped here and fails the session (pytest_sessionfinish)."""
+    from tests import leaks
+
+    since = time.time()
+    roots = [tmp_path_factory.getbasetemp().resolve()]
+    yield
+    found = leaks.leaked(since, roots)
+    if found:
+        _LEAKS.extend(f"{request.node.nodeid}: {leaks.describe(p)}" for p in found)
+        leaks.stop(found)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _LEAKS:
+        print("\nprocesses left running by test modules (stopped now):\n  " + "\n  ".join(_LEAKS))
+        session.exitstatus = 1
 
 
 def copy_sample(dest: Path) -> Path:

@@ -4,6 +4,9 @@ Bolt endpoint, which stands in for Neo4j. The same tests run on both backends.""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -434,3 +437,67 @@ def test_missing_binaries_give_a_clear_error(tmp_path):
     backend = EmbeddedFalkorDB(tmp_path, redis_server=str(tmp_path / "no-redis-server"))
     with pytest.raises(FileNotFoundError, match="no-redis-server"):
         backend.ensure_running()
+
+
+def test_a_killed_server_is_replaced_on_next_use_without_losing_writes(embedded):
+    """SIGKILL the server (a crash, the OOM killer): its pidfile and socket stay behind; the next
+    user finds the pid gone and starts a fresh server on the same AOF (appendfsync everysec)."""
+    store = GraphStore(embedded)
+    nodes, edges = _chain(30)
+    store.upsert_nodes(nodes)
+    store.upsert_edges(edges)
+    time.sleep(1.5)  # past the AOF's once-a-second fsync
+    pid = embedded.pid()
+    os.kill(pid, signal.SIGKILL)
+    while _servers_for(embedded.data_dir):
+        time.sleep(0.05)
+    assert embedded.pid() == pid and embedded.socket_path.exists()  # what the crash left
+    state, stale = EmbeddedFalkorDB(embedded.data_dir).state()
+    assert stale and f"names pid {pid}, which is gone" in state
+
+    fresh = GraphStore(EmbeddedFalkorDB(embedded.data_dir))
+    assert fresh.counts() == {"nodes": {"Doc": 1, "Model": 29}, "edges": {"DERIVED_FROM": 29}}
+    assert embedded.pid() != pid and _servers_for(embedded.data_dir) == [embedded.pid()]
+    assert EmbeddedFalkorDB(embedded.data_dir).state() == (f"running (pid {embedded.pid()})", False)
+    fresh.close()
+
+
+def _hold_start_lock(data_dir: str, ready) -> None:
+    from ossa_assets.lib.graph_store.embedded import _file_lock
+
+    with _file_lock(Path(data_dir) / ".falkordb.lock", 5):
+        ready.set()
+        time.sleep(600)
+
+
+def test_a_starter_killed_while_holding_the_start_lock_blocks_no_one(tmp_path):
+    data_dir = tmp_path / "graph"
+    data_dir.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_start_lock, args=(str(data_dir), ready))
+    holder.start()
+    assert ready.wait(60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    backend = EmbeddedFalkorDB(data_dir, start_timeout=5)
+    try:
+        t0 = time.monotonic()
+        assert backend.ensure_running() is True
+        assert time.monotonic() - t0 < 5  # the flock died with its holder: no wait, no stale file to delete
+    finally:
+        backend.stop()
+
+
+def test_a_pidfile_naming_a_reused_pid_does_not_stop_a_start(tmp_path):
+    """After a reboot the pidfile's number can belong to any process: only a redis-server working
+    in this directory counts as ours."""
+    data_dir = tmp_path / "graph"
+    data_dir.mkdir()
+    (data_dir / "falkordb.pid").write_text(str(os.getpid()))  # alive, but not our server
+    backend = EmbeddedFalkorDB(data_dir)
+    try:
+        assert backend.state()[1] is True
+        assert backend.ensure_running() is True and backend.pid() != os.getpid()
+    finally:
+        backend.stop()

@@ -1,0 +1,64 @@
+"""Processes a test module left running: servers it daemonized (the embedded graph store
+detaches from whoever started it) and server children of pytest (a Dagster daemon, a Bolt
+server). The conftest checks after every module, stops what it finds and fails the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+# children of pytest that belong to pytest's own process and end with it
+_HARMLESS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "from multiprocessing")
+_SERVERS = ("redis-server", "dagster", "uvicorn")
+
+
+def _under(path: str, root: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(root)
+    except (OSError, ValueError):
+        return False
+
+
+def leaked(since: float, roots: list[Path], me: int | None = None) -> list[psutil.Process]:
+    """Processes started after `since` that outlive their test: detached ones working under one
+    of `roots` (the session's temp dirs), and server-like descendants of this process."""
+    me = me or os.getpid()
+    mine = {p.pid for p in psutil.Process(me).children(recursive=True)}
+    out = []
+    for p in psutil.process_iter(["pid", "create_time", "cmdline", "cwd"]):
+        try:
+            if p.pid == me or (p.info["create_time"] or 0) < since - 0.5:
+                continue
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(h in cmd for h in _HARMLESS):
+                continue
+            works_here = (p.info["cwd"] and any(_under(p.info["cwd"], r) for r in roots)) or any(
+                str(r) in cmd for r in roots)
+            if works_here or (p.pid in mine and any(s in cmd for s in _SERVERS)):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def describe(p: psutil.Process) -> str:
+    try:
+        return f"pid {p.pid}: {' '.join(p.cmdline())[:160]} (cwd {p.cwd()})"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return f"pid {p.pid} (gone)"
+
+
+def stop(procs: list[psutil.Process], grace_s: float = 10.0) -> None:
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
