@@ -37,6 +37,11 @@ def worker_tags(identity: ProcessIdentity | None = None) -> dict[str, str]:
     return {HOST_TAG: me.host, PID_TAG: str(me.pid), STARTED_TAG: f"{me.started:.2f}"}
 
 
+# for runs `ossa materialize` executes in its own process: it recovers and reruns them itself,
+# and the daemon could not relaunch them (they have no code-location origin)
+NO_DAEMON_RETRY = {"dagster/max_retries": "0"}
+
+
 def worker_of(run: dg.DagsterRun) -> ProcessIdentity | None:
     tags = run.tags
     try:
@@ -127,12 +132,30 @@ def fail_orphan(instance: dg.DagsterInstance, run: dg.DagsterRun, why: str, by: 
     not_before = record.create_timestamp.timestamp() if record else time.time()
     terminated = terminate(_step_pids(instance, run.run_id), not_before=not_before)
     message = f"Run worker {why}. Marked by {by}; the run's concurrency slots were freed."
+    if run.status != dg.DagsterRunStatus.CANCELING and _will_be_retried(instance, run):
+        # Dagster tags a failed run will_retry only after its status has flipped; a backfill
+        # that looks in between counts the hour as failed for good (seen in
+        # tests/test_hourly_backfill.py). Tag it first; Dagster then writes the same value.
+        instance.add_run_tags(run.run_id, {"dagster/will_retry": "true"})
     if run.status == dg.DagsterRunStatus.CANCELING:
         instance.report_run_canceled(run, message=message)
     else:
         instance.report_run_failed(run, message)
     instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     return Recovered(run.run_id, run_label(run), run.status.value, why, terminated)
+
+
+def _will_be_retried(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether the daemon's run retries will run it again (dagster.yaml run_retries, the run's
+    dagster/max_retries tag); a worker that died is not an asset failure."""
+    if not instance.run_retries_enabled:
+        return False
+    try:
+        max_retries = int(run.tags.get("dagster/max_retries", instance.run_retries_max_retries))
+        attempt = int(run.tags.get("dagster/retry_number", 0))
+    except ValueError:
+        return False
+    return attempt < max_retries
 
 
 def _slot_runs(instance: dg.DagsterInstance) -> dict[str, set[str]]:

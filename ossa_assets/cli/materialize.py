@@ -203,6 +203,7 @@ def _run_pipeline(inst, summary: MaterializeSummary, interrupts: Interrupts, onl
             # this process orchestrates the run: recorded from the start, so a crash before the
             # executor starts is recognised too
             tags.update(recovery.worker_tags())
+            tags.update(recovery.NO_DAEMON_RETRY)
             label = f"{job.name}" + (f"[{partition}]" if partition else "")
             summary.planned_assets += len(keys)
             summary.checks_total += len(gates)
