@@ -119,8 +119,8 @@ _installed = False
 def _install_patient_pools() -> None:
     """Make Dagster's local executors build the patient context (idempotent)."""
     global _installed
-    if _installed:
-        return
+    if _installed or os.environ.get("OSSA_PATIENT_POOLS", "1") == "0":
+        return  # OSSA_PATIENT_POOLS=0: Dagster's own waiting (bench_recovery's baseline)
     from dagster._core.executor import in_process, multiprocess
 
     cls = _patient_context_class()

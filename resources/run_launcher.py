@@ -5,7 +5,8 @@ monitoring leaves a killed run STARTED for ever (holding its pool slots). Every 
 executes records its worker (host, pid, start time) as it starts; this launcher reads it back, and
 a run whose worker is gone is failed with the reason, its leftover step processes stopped and its
 slots freed (`ossa_assets.recovery`). Configured in dagster.yaml; production uses the
-K8sRunLauncher, which checks its pods itself.
+K8sRunLauncher, which checks its pods itself. Private Dagster APIs (`dagster._core.launcher`),
+checked against dagster 1.13.27.
 """
 
 from __future__ import annotations

@@ -81,6 +81,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     summary = materialize()
+    if summary.interrupted:  # Ctrl-C while it materialized: stop, serve nothing
+        print(summary.line())
+        return 130
     print(f"graph materialized in {summary.seconds:.1f}s")
     if ci:
         ok, total = smoke_test()
