@@ -51,14 +51,6 @@ def describe(p: psutil.Process) -> str:
 
 
 def stop(procs: list[psutil.Process], grace_s: float = 10.0) -> None:
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    from ossa_assets.lib.processes import terminate
+
+    terminate([p.pid for p in procs], not_before=0.0, grace_s=grace_s)
