@@ -246,3 +246,102 @@ def test_prose_language_heuristic():
     zh = "服务器将数据集发布到代理，当写入组启用时。这是一个测试文档，用于检查语言。" * 5
     code = ".. code-block:: c\n\n    UA_EventFilter filter;\n    UA_EventFilter_init(&filter);\n" * 8
     assert [pipeline.prose_language(t) for t in (en, de, zh, code, "too short")] == ["en", "other", "other", "code", "und"]
+
+
+# -- a GitLab pipeline split over included files, as large projects write them ------------------
+
+_GITLAB_PROJECT = {
+    ".gitlab-ci.yml": """
+        include:
+          - local: /ci/templates.yml
+          - local: ci/jobs.yml
+          - template: Security/SAST.gitlab-ci.yml
+          - component: gitlab.com/components/secret-detection/secret-detection@1.0
+        stages: [build, test]
+        """,
+    # hidden templates only: alone it has no jobs
+    "ci/templates.yml": """
+        .rules:mr:
+          rules:
+            - if: $CI_PIPELINE_SOURCE == "merge_request_event"
+        .docker:
+          image: docker:24
+        .scripts:
+          test: [make test]
+        """,
+    # jobs extending the sibling file's templates; a root-relative include of its own
+    "ci/jobs.yml": """
+        include:
+          - local: /ci/more.yml
+        build:
+          extends: [.docker, .rules:mr]
+          stage: build
+          script: [docker build .]
+        """,
+    "ci/more.yml": """
+        .deep:
+          extends: .docker
+          before_script: [echo deep]
+        unit:
+          extends: .deep
+          stage: test
+          script: !reference [.scripts, test]
+        sast:
+          variables:
+            SAST_EXCLUDED_PATHS: spec
+        """,
+}
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    import textwrap
+
+    for rel, body in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(body))
+
+
+def test_a_gitlab_pipeline_is_curated_as_gitlab_merges_it(tmp_path):
+    """Included files are fragments of their pipeline, not invalid documents; the pipeline's units
+    are its merged jobs, with extends (multi-level, arrays) and !reference resolved across files;
+    an override of a job from a template include (no script of its own) is accepted; external
+    includes are recorded, never fetched."""
+    _write(tmp_path / "src" / "proj", _GITLAB_PROJECT)
+    result = _curate(_local("gl", "devops_workflow", tmp_path / "src"), tmp_path)
+    assert [q.path for q in result.quarantined] == []
+    assert sorted(result.fragments) == ["proj/ci/jobs.yml", "proj/ci/more.yml", "proj/ci/templates.yml"]
+    [doc] = result.documents
+    assert doc.path == "proj/.gitlab-ci.yml"
+    units = {json.loads(u["meta"])["job"]: u for u in doc.units}
+    assert set(units) == {"build", "unit", "sast"}
+    build, unit = json.loads(units["build"]["meta"]), json.loads(units["unit"]["meta"])
+    assert build["stage"] == "build" and build["image"] == "docker:24" and build["extends"] == [".docker", ".rules:mr"]
+    assert unit["extends"] == [".docker", ".deep"] and unit["image"] == "docker:24"
+    assert "make test" in units["unit"]["text"] and "echo deep" in units["unit"]["text"]
+    assert "merge_request_event" in units["build"]["text"]
+    meta = json.loads(doc.meta)
+    assert meta["external_includes"] == [{"template": "Security/SAST.gitlab-ci.yml"},
+                                         {"component": "gitlab.com/components/secret-detection/secret-detection@1.0"}]
+    assert sorted(meta["included_local"]) == ["proj/ci/jobs.yml", "proj/ci/more.yml", "proj/ci/templates.yml"]
+    assert any("override a job of an include" in w for w in meta["warnings"])
+
+
+def test_an_included_file_that_gitlab_would_refuse_still_fails_its_pipeline(tmp_path):
+    """Merging must not hide errors: a job in an included file without any script, and with no
+    external include it could override, makes the pipeline invalid."""
+    files = dict(_GITLAB_PROJECT)
+    files[".gitlab-ci.yml"] = """
+        include:
+          - local: ci/templates.yml
+          - local: ci/broken.yml
+        """
+    files["ci/broken.yml"] = """
+        lint:
+          extends: .docker
+        """
+    _write(tmp_path / "src" / "proj", files)
+    result = _curate(_local("gl", "devops_workflow", tmp_path / "src"), tmp_path)
+    reasons = {q.path: (q.reason, q.detail) for q in result.quarantined}
+    assert reasons["proj/.gitlab-ci.yml"][0] == "invalid_gitlab_ci"
+    assert "lint: job has no script" in reasons["proj/.gitlab-ci.yml"][1]

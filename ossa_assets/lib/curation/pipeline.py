@@ -31,7 +31,7 @@ from ossa_assets.lib.curation.sources import SourceFile, SourceSpec
 
 # Bump when any rule that changes outcomes changes (parsers, curators, scrubbing, filters): it is
 # part of every cache key and every corpus data version.
-CURATION_CODE_VERSION = "6"
+CURATION_CODE_VERSION = "7"
 
 CURATORS = {
     "api_spec": "ossa_assets.lib.curation.openapi:curate_file",
@@ -407,10 +407,20 @@ def curate_source(
     cache.save_index()
 
     consumed = {d for rel, r in records.items() if r["status"] == "document" for d in deps_of.get(rel, [])}
+    # files a GitLab pipeline includes are parts of that pipeline, whatever they look like alone
+    # (jobs naming templates of a sibling include, or valid jobs its units already hold)
+    # (jobs naming templates of a sibling include, or valid jobs its units already hold); a
+    # `.gitlab-ci.yml` stays a pipeline of its own: GitLab runs it by itself as well
+    included = {p for r in records.values() if r["status"] == "document" and r["doc"]["format"] == "gitlab_ci"
+                for p in json.loads(r["doc"]["meta"]).get("included_local", [])
+                if p.rsplit("/", 1)[-1] != ".gitlab-ci.yml"}
     seen_ids: dict[str, str] = {}
     secrets: Counter[str] = Counter()
     for rel in sorted(records):
         r = records[rel]
+        if rel in included and (r["status"] == "document" or r["reason"] in FRAGMENT_ELIGIBLE | {"invalid_gitlab_ci"}):
+            result.fragments.append(rel)
+            continue
         if r["status"] != "document":
             if rel in consumed and r["reason"] in FRAGMENT_ELIGIBLE:
                 result.fragments.append(rel)

@@ -47,6 +47,7 @@ class _GitLab:
         self.warnings: list[str] = []
         self.external = False  # an include we cannot see may define jobs, templates or stages
         self.included: list[str] = []
+        self.external_includes: list[dict[str, str]] = []
         merged: dict = {}
         self._includes(top.get("include"), relpath, merged, set(), 0)
         self.top = _deep_merge(merged, top) if merged else top
@@ -83,6 +84,8 @@ class _GitLab:
                 continue
             if kind != "local" or _dynamic(target) or depth >= 5:
                 self.external = True
+                if kind != "local" and len(self.external_includes) < _MAX_INCLUDED_FILES:
+                    self.external_includes.append({kind: str(target)[:200]})
                 continue
             for path in self._local_paths(target):
                 if path in seen or len(seen) >= _MAX_INCLUDED_FILES:
@@ -290,6 +293,10 @@ class _GitLab:
             msg = f"{name}: job has no script, trigger or run"
             if has_unseen_parent:
                 self.warn(msg + " (its extends may come from an include)")
+            elif self.external:
+                # e.g. `sast: {variables: …}` overriding the job a `template:` include defines:
+                # GitLab merges the two, so the script is in the part we must not fetch
+                self.warn(msg + " (it may override a job of an include that is not fetched)")
             else:
                 raise _Invalid(msg)
         if "rules" in job:

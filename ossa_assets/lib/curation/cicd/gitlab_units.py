@@ -34,6 +34,9 @@ def _gitlab(relpath: str, top: dict, header: dict | None, ctx: SourceContext) ->
     stages, stages_known = gl.stages()
     stage_index = {s: i for i, s in enumerate(stages)}
     visible, hidden = [], []
+    # GitLab runs the merged configuration: the jobs and templates of local includes count as
+    # this pipeline's (a project that keeps its jobs in ci/*.yml has them nowhere else)
+    top = gl.top
     for k, v in top.items():
         if not isinstance(k, str):
             raise _Invalid(f"top-level key {k!r} is not a job name")
@@ -94,8 +97,10 @@ def _gitlab(relpath: str, top: dict, header: dict | None, ctx: SourceContext) ->
         "jobs": [k for k in resolved],
         "stages": [s for s in stages if s not in (".pre", ".post")] if "stages" in gl.top else _DEFAULT_STAGES,
         "templates": hidden,
-        "includes": 1 if isinstance(top.get("include"), dict) else len(_as_list(top.get("include"))),
+        "includes": 1 if isinstance(gl.own.get("include"), dict) else len(_as_list(gl.own.get("include"))),
         "included_local": gl.included,
+        # template/component/project/remote includes: never fetched; their jobs are unseen
+        "external_includes": gl.external_includes,
         "warnings": gl.warnings,
     }
     if templates_only and resolved:
