@@ -660,3 +660,27 @@ def test_alias_chain_deeper_than_the_limit_is_too_deep(tmp_path):
     o, _ = curate_text(tmp_path, ".gitlab-ci.yml", "\n".join(lines) + "\n")
     assert (o.reason, o.detail) == ("too_deep", "nesting deeper than 64")
     assert time.monotonic() - start < 5
+
+
+def test_github_runs_a_workflow_with_branches_under_workflow_dispatch(tmp_path):
+    """GitHub ignores filters under workflow_dispatch and runs the workflow: kept, with a warning."""
+    out, _ = curate_text(tmp_path, ".github/workflows/release.yml", """
+        on:
+          push:
+            branches: [main]
+          workflow_dispatch:
+            branches: [main]
+            inputs:
+              dry-run:
+                type: boolean
+                default: false
+        jobs:
+          release:
+            runs-on: ubuntu-latest
+            steps:
+              - uses: actions/checkout@v4
+              - run: make release
+        """)
+    assert out.status == "document", out
+    assert any("workflow_dispatch: keys GitHub ignores ['branches']" in w for w in out.document.meta["warnings"])
+    assert [u.meta["job"] for u in out.document.units] == ["release"]

@@ -84,7 +84,8 @@ def _github(relpath: str, wf: dict) -> tuple[list[Unit], dict]:
         raise _Invalid(f"unknown top-level keys {sorted(unknown)}")
     if "on" not in wf:
         raise _Invalid("`on:` (the workflow's trigger) is missing")
-    events = _gh_on(wf["on"])
+    warnings: list[str] = []
+    events = _gh_on(wf["on"], warnings)
     if "permissions" in wf:
         _gh_permissions(wf["permissions"], "workflow")
     _gh_env(wf.get("env"), "workflow env")
@@ -92,7 +93,6 @@ def _github(relpath: str, wf: dict) -> tuple[list[Unit], dict]:
     jobs = wf.get("jobs")
     if not isinstance(jobs, dict) or not jobs:
         raise _Invalid("jobs must be a non-empty mapping of job ids to jobs")
-    warnings: list[str] = []
     for jid, job in jobs.items():
         _gh_job(str(jid), job, jobs, warnings)
     _gh_cycles(jobs)
@@ -121,7 +121,7 @@ def _github(relpath: str, wf: dict) -> tuple[list[Unit], dict]:
     return units, meta
 
 
-def _gh_on(on: Any) -> list[str]:
+def _gh_on(on: Any, warnings: list[str] | None = None) -> list[str]:
     if isinstance(on, str):
         on = [on]
     if isinstance(on, list):
@@ -157,8 +157,9 @@ def _gh_on(on: Any) -> list[str]:
                 if f in cfg and f"{f}-ignore" in cfg:
                     raise _Invalid(f"{where}: {f} and {f}-ignore cannot be used together")
         if ev == "workflow_dispatch":
-            if keys - {"inputs"}:
-                raise _Invalid(f"{where}: unknown keys {sorted(keys - {'inputs'})}")
+            if keys - {"inputs"} and warnings is not None:
+                # e.g. `branches:` copied from push: GitHub runs the workflow and ignores them
+                warnings.append(f"{where}: keys GitHub ignores {sorted(keys - {'inputs'})}")
             _gh_inputs(cfg.get("inputs"), where, dispatch=True)
         if ev == "workflow_call":
             if keys - {"inputs", "outputs", "secrets"}:
