@@ -41,6 +41,9 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
         r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[ \t]*\r?\n(?:[A-Za-z-]+:[^\n]*\n)*(?:" + _B64_LINE
         + r")+(?:[ \t]*[A-Za-z0-9+/=]+)?")),
     ("aws_access_key_id", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b")),
+    # the secret half of a key pair written beside its id (`AKIA…:<40 chars>`, `AKIA… <40 chars>`)
+    ("aws_secret_access_key", re.compile(
+        r"(?<=<REDACTED:aws_access_key_id>[:/|,;= \t])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")),
     ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b")),
     ("gitlab_token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}\b")),
     ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
@@ -74,6 +77,15 @@ _NAME_EXCEPTIONS = re.compile(
 # names whose value is the password itself (short values count: `REDIS_PASSWORD=pw1`)
 _PASSWORD_NAME = re.compile(r"(?:passw(?:or)?d|passwd|passphrase|(?<![a-z])pass)$", re.IGNORECASE)
 _ENV_NAME = re.compile(r"(?:env|var|variable)$", re.IGNORECASE)
+# a value that names where the secret is (`server-password: MAVEN_PASSWORD`, `credentials:
+# aws_credentials`): an identifier that itself carries a secret word, not a literal
+_NAMES_A_SECRET = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)+")
+# ALL_CAPS (an environment variable) anywhere, or a lower-case name ending in the word
+_SECRET_WORD_IN_VALUE = re.compile(
+    r"^[A-Z0-9_-]*(?:PASSW(?:OR)?D|PASSWD|SECRET|TOKEN|API[_-]?KEY|CREDENTIALS?|PASS(?:PHRASE)?)[A-Z0-9_-]*$|"
+    r"(?:passw(?:or)?d|passwd|secret|token|api[_-]?key|credentials?|passphrase)$")
+# pagination and sync cursors are called tokens too
+_CURSOR_NAME = re.compile(r"(?:page|next|continuation|cursor|sync|resume|marker)[_-]?token$", re.I)
 _VAR_NAME_VALUE = re.compile(r"[A-Z][A-Z0-9_]*")
 _UPPER_ENV_STYLE = re.compile(r"[A-Z0-9]+(?:_[A-Z0-9]+)+")  # MYSQL_ROOT_PASSWORD, not `password`
 _NOT_A_SECRET = re.compile(
@@ -184,6 +196,10 @@ def _is_literal_secret(name: str, value: str) -> bool:
         return False  # `password: string`, `type: apiKey`; but `POSTGRES_PASSWORD: password` is one
     if _ENV_NAME.search(name) and _VAR_NAME_VALUE.fullmatch(v):
         return False  # DEPLOY_TOKEN_ENV: DEPLOY_TOKEN names the variable that holds it
+    if _NAMES_A_SECRET.fullmatch(v) and _SECRET_WORD_IN_VALUE.search(v):
+        return False  # server-password: MAVEN_PASSWORD, Credentials: aws_credentials
+    if _CURSOR_NAME.search(name):
+        return False  # PageToken=abc, nextPageToken: "CAoQAA": a position in a listing
     if " " in v:
         return (password or "secret" in name.lower()) and _is_passphrase(v.split())
     # passwords are secrets at any length; other names need 6 characters (`token: abc` is noise)
