@@ -284,7 +284,7 @@ def test_curation_dates_documents_by_arrival(tmp_path):
     )
     from ossa_assets.lib.curation.sources import SourceSpec, list_files
 
-    assert CURATION_CODE_VERSION == "6"
+    assert CURATION_CODE_VERSION == "7"
     root = tmp_path / "src"
     (root / "a" / "ci").mkdir(parents=True)
     (root / "b").mkdir()
@@ -319,11 +319,14 @@ def test_curation_dates_documents_by_arrival(tmp_path):
     # an included file changes (an old version restored): the pipeline that includes it arrived
     before = docs
     time.sleep(0.05)
+    t1 = time.time() - 1
     (root / "a" / "ci" / "test.yml").write_text("unit:\n  stage: test\n  script:\n    - pytest -q -x\n")
     _backdate(root / "a" / "ci" / "test.yml")
     docs = curate()
     assert docs["a/.gitlab-ci.yml"].arrived > before["c/.gitlab-ci.yml"].arrived
-    assert docs["a/.gitlab-ci.yml"].arrived == docs["a/ci/test.yml"].arrived
+    assert docs["a/.gitlab-ci.yml"].arrived >= t1
+    assert "a/ci/test.yml" not in docs  # a fragment of its pipeline, whose units hold its job
+    assert "pytest -q -x" in " ".join(u["text"] for u in docs["a/.gitlab-ci.yml"].units)
     assert docs["c/.gitlab-ci.yml"].arrived == before["c/.gitlab-ci.yml"].arrived
 
     # from the cache, arrivals stay; through a snapshot, too; older snapshots read arrived = mtime
