@@ -345,3 +345,14 @@ def test_an_included_file_that_gitlab_would_refuse_still_fails_its_pipeline(tmp_
     reasons = {q.path: (q.reason, q.detail) for q in result.quarantined}
     assert reasons["proj/.gitlab-ci.yml"][0] == "invalid_gitlab_ci"
     assert "lint: job has no script" in reasons["proj/.gitlab-ci.yml"][1]
+
+
+def test_a_root_pipelines_units_name_the_project(tmp_path):
+    """A source that is one repository: its `.gitlab-ci.yml` sits at the source root, and its
+    units are named after the project (the source), not "pipeline"."""
+    _write(tmp_path / "acme-api", {".gitlab-ci.yml": """
+        build:
+          script: [make]
+        """})
+    [doc] = _curate(_local("acme-api", "devops_workflow", tmp_path / "acme-api"), tmp_path).documents
+    assert [u["title"] for u in doc.units] == ["build (stage test) — acme-api"]

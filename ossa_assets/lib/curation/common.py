@@ -72,7 +72,8 @@ class SourceContext:
     files it depended on (a multi-file spec is re-curated when one of its fragments changes).
     """
 
-    def __init__(self, files: Iterable[str], read: Callable[[str], bytes], limits: Limits):
+    def __init__(self, files: Iterable[str], read: Callable[[str], bytes], limits: Limits, source: str = ""):
+        self.source = source  # the source's name: what a file at its root belongs to
         self._files = set(files)
         self._read = read
         self.limits = limits

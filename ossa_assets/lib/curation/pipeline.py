@@ -321,7 +321,7 @@ def curate_source(
                 hashes[rel] = hashlib.sha256(read(rel)).hexdigest()
         return hashes[rel]
 
-    shared = SourceContext(by_path, read, limits)
+    shared = SourceContext(by_path, read, limits, source=spec.name)
     index_digests: dict[str, str] = {}
 
     def current_index_digest(name: str, builder: str) -> str:
@@ -379,7 +379,7 @@ def curate_source(
             new_index[rel] = {**entry, "arrived": arrived}
             result.from_cache += 1
             continue
-        ctx = SourceContext(by_path, read, limits)
+        ctx = SourceContext(by_path, read, limits, source=spec.name)
         ctx.share_indexes_with(shared)
         if sf.size < settings.min_bytes:
             outcome = FileOutcome(rel, "rejected", "empty" if sf.size == 0 else "too_small", f"{sf.size} bytes")

@@ -114,7 +114,7 @@ def _as_list(v: Any) -> list:
 _GENERIC_STEMS = {"gitlab-ci", "config", "ci", "pipeline", "azure-pipelines", "push", "main", "workflow"}
 
 
-def _context_name(relpath: str) -> str:
+def _context_name(relpath: str, source: str = "") -> str:
     """A human label for the pipeline when it names itself nowhere: the file's stem for named
     templates (`Android.gitlab-ci.yml` -> Android), else the project folder, with the variant of
     a `.gitlab-ci-<variant>.yml` file in brackets."""
@@ -126,7 +126,8 @@ def _context_name(relpath: str) -> str:
     folder = posixpath.dirname(relpath)
     while posixpath.basename(folder) in (".circleci", ".azurepipelines", "workflows", ".github", ".gitlab"):
         folder = posixpath.dirname(folder)
-    name = posixpath.basename(folder) or "pipeline"  # a file at the source root names nothing else
+    # a file at the source root belongs to the project the source is (its name), else "pipeline"
+    name = posixpath.basename(folder) or source or "pipeline"
     return f"{name} ({variant})" if variant else name
 
 

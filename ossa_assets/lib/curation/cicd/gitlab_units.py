@@ -70,7 +70,7 @@ def _gitlab(relpath: str, top: dict, header: dict | None, ctx: SourceContext) ->
 
     wf = top.get("workflow") if isinstance(top.get("workflow"), dict) else {}
     context = _title_text(wf.get("name")) if not _dynamic(wf.get("name")) else None
-    context = context or _context_name(relpath)
+    context = context or _context_name(relpath, ctx.source)
     units: list[Unit] = []
     for k, (job, lineage) in resolved.items():
         stage = gl.stage_of(k, job) if not k.startswith(".") else job.get("stage", job.get("type"))
