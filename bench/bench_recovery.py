@@ -35,12 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from verdict import Verdicts  # noqa: E402
 
-
-def _instance(home: Path):
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+from tests.chaos import instance_at  # noqa: E402
 
 
 def _start(env: dict, sleep: float) -> subprocess.Popen:
@@ -57,7 +52,7 @@ def trial(patient: bool, wait_s: float, after_s: float) -> dict:
     env = {**os.environ, "DAGSTER_HOME": str(home), "OSSA_DATA_ROOT": str(base / "data"), "PYTHONUNBUFFERED": "1",
            "OSSA_PATIENT_POOLS": "1" if patient else "0"}
     env.pop("OSSA_POOL_WAIT_LOG_S", None)  # the defaults users get
-    inst = _instance(home)
+    inst = instance_at(home)
     holder = _start(env, 600)
     try:
         while not ("gpu" in inst.event_log_storage.get_concurrency_keys()

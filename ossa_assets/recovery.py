@@ -22,7 +22,7 @@ from typing import Any
 
 import dagster as dg
 
-from ossa_assets.lib.processes import ALIVE, GONE, ProcessIdentity
+from ossa_assets.lib.processes import ALIVE, GONE, UNKNOWN, ProcessIdentity
 
 HOST_TAG, PID_TAG, STARTED_TAG = "ossa/worker_host", "ossa/worker_pid", "ossa/worker_started"
 # statuses in which a run still has (or is about to have) a worker; QUEUED runs have none yet
@@ -196,13 +196,11 @@ def recover(instance: dg.DagsterInstance, by: str, dry_run: bool = False,
         else:
             report.recovered.append(fail_orphan(instance, run, why, by))
     report.freed_slots = free_stale_slots(instance, dry_run=dry_run)
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=LIVE_STATUSES)):
-        worker = worker_of(run)
-        if worker is None:
-            report.unknown.append(f"{run_label(run)}: {run.status.value}, no worker recorded")
-    still_live = [r for r in instance.get_runs(filters=dg.RunsFilter(statuses=LIVE_STATUSES))
-                  if dry_run is False or r.run_id not in {x.run_id for x in report.recovered}]
-    if data_root is not None and not still_live:
+    # in progress after recovery (a dry run has failed nothing: leave out what it would fail)
+    recovered = {r.run_id for r in report.recovered}
+    live = [r for r in instance.get_runs(filters=dg.RunsFilter(statuses=LIVE_STATUSES)) if r.run_id not in recovered]
+    report.unknown = [f"{run_label(r)}: {r.status.value}, no worker recorded" for r in live if worker_of(r) is None]
+    if data_root is not None and not live:
         from ossa_assets.lib.artifacts import leftover_staging, sweep_staging
 
         found = leftover_staging(data_root) if dry_run else sweep_staging(data_root)
@@ -245,7 +243,7 @@ def pool_holders(instance: dg.DagsterInstance, pool: str) -> tuple[int | None, l
         if run.status in FINISHED:
             state, why = GONE, f"finished ({run.status.value})"
         elif worker is None:
-            state, why = "unknown", "not recorded"
+            state, why = UNKNOWN, "not recorded"
         else:
             state, why = worker.liveness()
         holders.append(Holder(slot.run_id, slot.step_key, run_label(run), run.status.value,
@@ -258,7 +256,7 @@ def release_dead_holders(instance: dg.DagsterInstance, pool: str, by: str) -> li
     freed = []
     _, holders = pool_holders(instance, pool)
     for h in holders:
-        if h.liveness == ALIVE or h.liveness == "unknown":
+        if h.liveness in (ALIVE, UNKNOWN):
             continue
         run = instance.get_run_by_id(h.run_id)
         if run is not None and run.status not in FINISHED:
@@ -274,7 +272,7 @@ def status(instance: dg.DagsterInstance) -> dict[str, Any]:
     runs = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=LIVE_STATUSES + [dg.DagsterRunStatus.QUEUED])):
         worker = worker_of(run)
-        state, why = worker.liveness() if worker else ("unknown", "no worker recorded")
+        state, why = worker.liveness() if worker else (UNKNOWN, "no worker recorded")
         runs.append({"run": run_label(run), "status": run.status.value, "worker": state, "why": why})
     pools = []
     storage = instance.event_log_storage
