@@ -406,17 +406,18 @@ def test_github_on_key_is_recognised_whatever_the_path(tmp_path):
 @pytest.mark.parametrize(
     "old, new, error",
     [
-        ("on: push", "on: {pushed: }", "unknown event 'pushed'"),
-        ("on: push\n", "", "`on:`"),
-        ("  test:", "  1test:", "job id '1test'"),
+        ("on: push", "on: {pushed: }", "schema: on: Additional properties are not allowed ('pushed' was unexpected)"),
+        ("on: push\n", "", "schema: (top level): 'on' is a required property"),
+        ("  test:", "  1test:", "schema: jobs: '1test' does not match any of the regexes"),
         ("needs: build", "needs: [build, deploy]", "needs unknown job 'deploy'"),
-        ("- run: pytest", "- {run: pytest, uses: actions/x@v1}", "exactly one of uses or run"),
+        ("- run: pytest", "- {run: pytest, uses: actions/x@v1}", "schema: jobs.test.steps.2: matches more than one"),
         ("- uses: actions/checkout@v4", "- uses: actions/checkout", "is not owner/repo[/path]@ref"),
         ("runs-on: ubuntu-latest", "runs-on:", "runs-on is missing"),
-        ("container: python:3.12", "container: {image: python, entrypoint: sh}", "unknown keys ['entrypoint']"),
+        ("container: python:3.12", "container: {image: python, entrypoint: sh}",
+         "schema: jobs.test.container: Additional properties are not allowed ('entrypoint' was unexpected)"),
         ("needs: build", "needs: test", "needs itself"),
-        ('env:\n  PY: "3.12"', "env: PY=3.12", "workflow env must be a mapping"),
-        ("name: CI", "name: CI\nservices: {}", "unknown top-level keys"),
+        ('env:\n  PY: "3.12"', "env: PY=3.12", "schema: env: 'PY=3.12' does not match"),  # a mapping or an expression
+        ("name: CI", "name: CI\nservices: {}", "schema: (top level): Additional properties are not allowed ('services'"),
     ],
 )
 def test_github_structural_errors(tmp_path, old, new, error):
@@ -634,9 +635,9 @@ def test_shared_aliases_without_a_cycle_are_accepted(tmp_path):
     """The cycle check must not take sharing for a cycle: one anchor aliased many times, from a
     sibling, a nested node and a merge key, is a DAG and loads as usual."""
     o, _ = curate_text(tmp_path, ".gitlab-ci.yml", """\
-        .base: &base {image: alpine, script: &s [make]}
+        .base: &base {image: alpine, script: &s [make], variables: {V: &v "1"}}
         a: {<<: *base, stage: test}
-        b: {<<: [*base], script: [*s, *s], variables: {X: *s}}
+        b: {<<: [*base], script: [*s, *s], variables: {X: *v, Y: *v}}
         c: {extends: .base, script: *s}
         """)
     assert o.status == "document", (o.reason, o.detail)

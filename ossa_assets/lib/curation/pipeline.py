@@ -31,7 +31,7 @@ from ossa_assets.lib.curation.sources import SourceFile, SourceSpec
 
 # Bump when any rule that changes outcomes changes (parsers, curators, scrubbing, filters): it is
 # part of every cache key and every corpus data version.
-CURATION_CODE_VERSION = "7"
+CURATION_CODE_VERSION = "8"
 
 CURATORS = {
     "api_spec": "ossa_assets.lib.curation.openapi:curate_file",
@@ -69,8 +69,12 @@ class CurationSettings:
     max_text_chars: int = 2_000_000  # text kept per document (the document hash covers all of it)
 
     def key(self) -> str:
+        from ossa_assets.lib.curation.cicd.schemas import schemas_key
+
+        # the vendored platform schemas decide outcomes too: a check-jsonschema update re-curates
         return hashlib.sha256(
-            json.dumps({"code": CURATION_CODE_VERSION, **asdict(self)}, sort_keys=True, default=str).encode()
+            json.dumps({"code": CURATION_CODE_VERSION, "schemas": schemas_key(), **asdict(self)},
+                       sort_keys=True, default=str).encode()
         ).hexdigest()
 
 

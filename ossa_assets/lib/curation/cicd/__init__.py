@@ -3,9 +3,11 @@
 `curate_file(relpath, raw, ctx)` turns one file of a `cicd/` source into a `FileOutcome`: a
 `ParsedDocument` with one `job` unit per job, or a rejection. Nothing is fetched or executed:
 GitLab `include:` entries are only checked for form (a `local:` include that lies inside the
-source is read through `ctx.read`, so the outcome depends on it), and the lint below is the
-structural part of what `gitlab-ci lint`, SchemaStore's github-workflow schema and actionlint
-check. Errors reject the file; softer findings go to `meta["warnings"]`.
+source is read through `ctx.read`, so the outcome depends on it). GitHub workflows and GitLab's
+merged configuration are validated against the platforms' published schemas (schemas.py, with
+the waivers where the platform accepts what the schema refuses); the curators' own rules add
+what a schema cannot say, as `gitlab-ci lint` and actionlint do. Errors reject the file; softer
+findings go to `meta["warnings"]`.
 
 Reason codes (besides common.py's empty | too_large | binary | not_utf8 | malformed_yaml |
 yaml_unsafe_tag | yaml_alias_bomb | too_deep and prose.py's too_short):

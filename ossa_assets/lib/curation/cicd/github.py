@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ossa_assets.lib.curation.cicd.common import _as_list, _context_name, _Invalid, _is, _title_text, _unit
+from ossa_assets.lib.curation.cicd.schemas import MAX_REPORTED, schema_id, validate
 from ossa_assets.lib.curation.common import Unit
 
 _GH_TOP = {"name", "run-name", "on", "permissions", "env", "defaults", "concurrency", "jobs"}
@@ -79,12 +80,17 @@ def _expr(v: Any) -> bool:
 
 def _github(relpath: str, wf: dict) -> tuple[list[Unit], dict]:
     wf = {("on" if k is True else k): v for k, v in wf.items()}
+    # SchemaStore's github-workflows schema first: the structure GitHub accepts; the rules below
+    # add what a schema cannot say (needs that name no job, cycles, activity types per event)
+    verdict = validate("github_actions", wf, frozenset(_GH_EVENTS))
+    if verdict.errors:
+        raise _Invalid(f"{verdict.schema} schema: " + " | ".join(verdict.errors[:MAX_REPORTED]))
+    warnings: list[str] = list(verdict.waived)
     unknown = set(map(str, wf)) - _GH_TOP
     if unknown:
         raise _Invalid(f"unknown top-level keys {sorted(unknown)}")
     if "on" not in wf:
         raise _Invalid("`on:` (the workflow's trigger) is missing")
-    warnings: list[str] = []
     events = _gh_on(wf["on"], warnings)
     if "permissions" in wf:
         _gh_permissions(wf["permissions"], "workflow")
@@ -115,7 +121,7 @@ def _github(relpath: str, wf: dict) -> tuple[list[Unit], dict]:
         }
         units.append(_unit(f"{title} — {wname}", {**context, "jobs": {jid: job}}, meta))
     meta = {"jobs": [str(j) for j in jobs], "stages": [], "workflow_name": wname, "triggers": events,
-            "warnings": warnings}
+            "warnings": warnings, "schema": schema_id(verdict.schema)}
     if "workflow_call" in events:
         meta["reusable"] = True
     return units, meta

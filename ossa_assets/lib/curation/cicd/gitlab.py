@@ -190,7 +190,13 @@ class _GitLab:
         if isinstance(value, dict):
             if "!reference" in value and len(value) == 1:
                 return self._lookup(value["!reference"], level, seen)
-            return {k: self.deref(v, level, seen) for k, v in value.items()}
+            rest = {k: self.deref(v, level, seen) for k, v in value.items() if k != "!reference"}
+            if "!reference" in value:
+                # `variables: !reference [...]` in a template, extended by a job with variables of
+                # its own: the extends merge put both in one mapping; the job's keys win
+                base = self._lookup(value["!reference"], level, seen)
+                return _deep_merge(base, rest) if isinstance(base, dict) and "!reference" not in base else value
+            return rest
         if isinstance(value, list):
             out: list = []
             for item in value:

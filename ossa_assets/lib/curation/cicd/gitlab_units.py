@@ -23,6 +23,7 @@ from ossa_assets.lib.curation.cicd.gitlab import (
     _GITLAB_JOB_KEYS,
     _GitLab,
 )
+from ossa_assets.lib.curation.cicd.schemas import MAX_REPORTED, schema_id, validate
 from ossa_assets.lib.curation.common import SourceContext, Unit
 
 _VAR_RE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
@@ -57,6 +58,15 @@ def _gitlab(relpath: str, top: dict, header: dict | None, ctx: SourceContext) ->
         job = gl.deref(job)
         gl.lint_job(k, job, stage_index, stages_known)
         resolved[k] = (job, lineage)
+    # SchemaStore's gitlab-ci schema, on the configuration GitLab validates: includes merged,
+    # !reference resolved, each job merged with its extends chain (hidden templates are free-form)
+    merged = {k: gl.deref(v) for k, v in top.items() if k != "include" and not _is_job_key(k, v)}
+    merged.update({k: job for k, (job, _) in resolved.items()})
+    verdict = validate("gitlab_ci", merged)
+    if verdict.errors:
+        raise _Invalid(f"{verdict.schema} schema: " + " | ".join(verdict.errors[:MAX_REPORTED]))
+    for w in verdict.waived:
+        gl.warn(w)
     templates_only = not visible
     if templates_only:
         if not hidden and not gl.external and not gl.included:
@@ -102,6 +112,7 @@ def _gitlab(relpath: str, top: dict, header: dict | None, ctx: SourceContext) ->
         # template/component/project/remote includes: never fetched; their jobs are unseen
         "external_includes": gl.external_includes,
         "warnings": gl.warnings,
+        "schema": schema_id(verdict.schema),
     }
     if templates_only and resolved:
         meta["template_library"] = True
