@@ -89,8 +89,6 @@ def _github(relpath: str, wf: dict) -> tuple[list[Unit], dict]:
     unknown = set(map(str, wf)) - _GH_TOP
     if unknown:
         raise _Invalid(f"unknown top-level keys {sorted(unknown)}")
-    if "on" not in wf:
-        raise _Invalid("`on:` (the workflow's trigger) is missing")
     events = _gh_on(wf["on"], warnings)
     if "permissions" in wf:
         _gh_permissions(wf["permissions"], "workflow")
