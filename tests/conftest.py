@@ -49,10 +49,10 @@ def _no_leaked_processes(request, tmp_path_factory):
     left is stopped here and fails the session (pytest_sessionfinish)."""
     from tests import leaks
 
-    since = time.time()
+    before = leaks.snapshot()
     roots = [tmp_path_factory.getbasetemp().resolve()]
     yield
-    found = leaks.leaked(since, roots)
+    found = leaks.leaked(before, roots)
     if found:
         _LEAKS.extend(f"{request.node.nodeid}: {leaks.describe(p)}" for p in found)
         leaks.stop(found)

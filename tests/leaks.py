@@ -21,15 +21,28 @@ def _under(path: str, root: Path) -> bool:
         return False
 
 
-def leaked(since: float, roots: list[Path], me: int | None = None) -> list[psutil.Process]:
-    """Processes started after `since` that outlive their test: detached ones working under one
-    of `roots` (the session's temp dirs), and server-like descendants of this process."""
+def snapshot() -> frozenset[tuple[int, float]]:
+    """The processes running now, by (pid, start time) so that a reused pid reads as new.
+
+    A set rather than a timestamp: psutil's start times count from a boot time it rounds to
+    whole seconds, so they can read up to a second earlier than time.time() did (measured
+    0.28 s early here), and a process started just after a timestamp looked older than it."""
+    out = set()
+    for p in psutil.process_iter(["pid", "create_time"]):
+        out.add((p.pid, p.info["create_time"] or 0.0))
+    return frozenset(out)
+
+
+def leaked(before: frozenset[tuple[int, float]], roots: list[Path],
+           me: int | None = None) -> list[psutil.Process]:
+    """Processes not in `before` (a snapshot()) that outlive their test: detached ones working
+    under one of `roots` (the session's temp dirs), and server-like descendants of this process."""
     me = me or os.getpid()
     mine = {p.pid for p in psutil.Process(me).children(recursive=True)}
     out = []
     for p in psutil.process_iter(["pid", "create_time", "cmdline", "cwd"]):
         try:
-            if p.pid == me or (p.info["create_time"] or 0) < since - 0.5:
+            if p.pid == me or (p.pid, p.info["create_time"] or 0.0) in before:
                 continue
             cmd = " ".join(p.info["cmdline"] or [])
             if any(h in cmd for h in _HARMLESS):
