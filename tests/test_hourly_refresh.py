@@ -284,7 +284,7 @@ def test_curation_dates_documents_by_arrival(tmp_path):
     )
     from ossa_assets.lib.curation.sources import SourceSpec, list_files
 
-    assert CURATION_CODE_VERSION == "8"
+    assert CURATION_CODE_VERSION == "9"
     root = tmp_path / "src"
     (root / "a" / "ci").mkdir(parents=True)
     (root / "b").mkdir()

@@ -128,9 +128,20 @@ def _unnamed_operation(u: dict[str, Any], m: dict[str, Any]) -> bool:
     return u["unit_type"] == "operation" and not (m.get("summary") or "").strip()
 
 
+def _anchor_title(u: dict[str, Any], m: dict[str, Any]) -> str:
+    """The unit's own name as a training anchor: an operation's title also names its API
+    ("List pets — Swagger Petstore"), which every operation of the spec shares, so as an anchor
+    it would only teach the model to match the API's name."""
+    title = (u.get("title") or "").strip()
+    if u["unit_type"] == "operation" and isinstance(m.get("name"), str) and m["name"].strip():
+        return m["name"].strip()
+    return title
+
+
 def _capability(u: dict[str, Any]) -> tuple[str, str, str] | None:
     """(pair type, intent, card body) when the unit is something an agent can call."""
-    t, title, text, m = u["unit_type"], (u.get("title") or "").strip(), u.get("text") or "", _meta(u)
+    t, text, m = u["unit_type"], u.get("text") or "", _meta(u)
+    title = _anchor_title(u, m)
     if t == "operation" and m.get("path"):
         return t, title, operation_card(m)
     if t == "node" and m.get("node_class") == "Method":
@@ -142,7 +153,8 @@ def _capability(u: dict[str, Any]) -> tuple[str, str, str] | None:
 
 def _pairs_for_unit(kind: str, u: dict[str, Any]) -> Iterable[tuple[str, str, str]]:
     """(pair type, anchor, positive) for one unit and one model."""
-    t, title, text = u["unit_type"], (u.get("title") or "").strip(), u.get("text") or ""
+    t, text = u["unit_type"], u.get("text") or ""
+    title = _anchor_title(u, _meta(u))
     if len(title) < MIN_ANCHOR_CHARS or not text.strip():
         return
     if kind == "code" and t in ("operation", "schema", "node", "job") and not _unnamed_operation(u, _meta(u)):

@@ -122,7 +122,10 @@ def test_single_file_30_31_and_20_specs(tmp_path):
     assert doc.meta["openapi_version"] == "3.0.3" and doc.meta["title"] == "Pets"
     assert doc.meta["operations"] == 3 and doc.meta["bundled_files"] == []
     ops = [u for u in doc.units if u.unit_type == "operation"]
-    assert [u.title for u in ops] == ["Fetch one pet", "deletePet", "GET /health"]
+    # a unit read alone names its API (info.title); its own name stays in meta["name"]
+    assert [u.title for u in ops] == ["Fetch one pet — Pets", "deletePet — Pets", "GET /health — Pets"]
+    assert [u.meta["name"] for u in ops] == ["Fetch one pet", "deletePet", "GET /health"]
+    assert {u.meta["api"] for u in ops} == {"Pets"}
     get = ops[0]
     # path-level parameters merged in, the operation's own X-Trace wins
     assert get.meta["parameters"] == ["petId", "X-Trace"]
@@ -138,17 +141,17 @@ def test_single_file_30_31_and_20_specs(tmp_path):
     assert b.status == "document", b.detail
     assert b.document.license == "Apache-2.0"  # the SPDX identifier over the name
     hook = [u for u in b.document.units if u.meta.get("webhook")]
-    assert [(u.title, u.meta["path"]) for u in hook] == [("onThingCreated", "thingCreated")]
+    assert [(u.title, u.meta["path"]) for u in hook] == [("onThingCreated — Hooks", "thingCreated")]
 
     capped = openapi.curate_file("a.yaml", SPEC_30.encode(), _ctx(tmp_path, Limits(max_units=2)))
-    assert [u.title for u in capped.document.units] == ["Fetch one pet", "deletePet"]
+    assert [u.meta["name"] for u in capped.document.units] == ["Fetch one pet", "deletePet"]
     assert capped.document.meta["units_truncated"] and capped.document.meta["schemas"] == 3
 
     c = _curate(tmp_path, "c.yml", ctx)
     assert c.status == "document", c.detail
     assert c.document.meta["openapi_version"] == "2.0" and c.document.license is None
     op, schema = c.document.units
-    assert (op.title, op.meta["schemas"]) == ("List orders", ["Order"])
+    assert (op.title, op.meta["schemas"]) == ("List orders — Legacy", ["Order"])
     assert (schema.unit_type, schema.title) == ("schema", "Order: An order.")
 
 
@@ -236,7 +239,7 @@ def test_multi_file_spec_is_bundled_with_cycles_hoisted(tmp_path):
     # non-schema refs are inlined: the path item, the parameter
     assert bundled["paths"]["/nodes"]["get"]["summary"] == "All nodes"
     assert bundled["paths"]["/nodes/{id}"]["get"]["parameters"][0]["name"] == "id"
-    ops = {u.title: u for u in doc.units if u.unit_type == "operation"}
+    ops = {u.meta["name"]: u for u in doc.units if u.unit_type == "operation"}
     assert set(ops) == {"All nodes", "One node"}
     assert ops["One node"].meta["parameters"] == ["id"]
     assert ops["One node"].meta["schemas"] == ["Tree", "a_b_c", "Edge"]
@@ -277,7 +280,7 @@ def test_operations_whose_files_are_missing_are_pruned(tmp_path):
     ctx = _write(tmp_path, {"spec.yaml": spec, "ops/a.yaml": "summary: Get a\nresponses: {'200': {description: ok}}\n"})
     out = _curate(tmp_path, "spec.yaml", ctx)
     assert out.status == "document", out.detail
-    assert [u.title for u in out.document.units] == ["Get a"]
+    assert [u.title for u in out.document.units] == ["Get a — Subset"]
     assert out.document.meta["pruned"] == {
         "operations": 2,
         "descriptions": 0,
@@ -486,5 +489,20 @@ def test_digitalocean_root_spec_is_bundled():
     assert doc.license == "Apache 2.0" and doc.meta["title"] == "DigitalOcean API"
     assert "$ref: resources/" not in doc.text and "$ref: '../" not in doc.text
     titles = {u.title for u in doc.units}
-    assert {"List All SSH Keys", "Retrieve an Existing Action"} <= titles
+    assert {"List All SSH Keys — DigitalOcean API", "Retrieve an Existing Action — DigitalOcean API"} <= titles
     assert seconds < 30
+
+
+def test_operation_titles_name_the_api_once(tmp_path):
+    spec = (
+        "openapi: 3.0.3\ninfo:\n  title: |\n    Pets\n    The store's second line\n  version: '1'\npaths:\n"
+        "  /pets:\n    get: {summary: List all Pets, responses: {'200': {description: ok}}}\n"
+        "    post: {operationId: addPet, responses: {'200': {description: ok}}}\n"
+    )
+    untitled = "openapi: 3.0.3\ninfo: {title: '', version: '1'}\npaths:\n  /a:\n    get: {summary: Get a, responses: {'200': {description: ok}}}\n"
+    ctx = _write(tmp_path, {"pets.yaml": spec, "untitled.yaml": untitled})
+    ops = _curate(tmp_path, "pets.yaml", ctx).document.units
+    # only the first line of a long title; not repeated where the name already says it
+    assert [u.title for u in ops] == ["List all Pets", "addPet — Pets"]
+    assert [u.meta["api"] for u in ops] == ["Pets", "Pets"]
+    assert [u.title for u in _curate(tmp_path, "untitled.yaml", ctx).document.units] == ["Get a"]

@@ -13,10 +13,11 @@ from ossa_assets.lib import embedding_models as em
 from ossa_assets.lib.embeddings import load_embedder, packaged_minilm_path
 
 OPERATION = {
-    "unit_type": "operation", "title": "Finds Pets by status", "unit_id": "d1:0", "doc_id": "d1",
+    "unit_type": "operation", "title": "Finds Pets by status — Swagger Petstore", "unit_id": "d1:0", "doc_id": "d1",
     "domain": "api_spec", "source": "openapi",
     "text": "/pet/findByStatus:\n  get:\n    summary: Finds Pets by status\n    operationId: findPetsByStatus\n",
     "meta": json.dumps({"method": "get", "path": "/pet/findByStatus", "operation_id": "findPetsByStatus",
+                       "name": "Finds Pets by status", "api": "Swagger Petstore",
                        "summary": "Finds Pets by status", "parameters": ["status"], "schemas": ["Pet"],
                        "tags": ["pet"]}),
 }
@@ -49,6 +50,7 @@ def test_pairs_per_model_cut_the_anchor_out_of_the_positive():
     code = em.mine_pairs("code", [OPERATION, METHOD, JOB, SECTION])
     assert [p["pair_type"] for p in code] == ["operation", "node", "job"]
     op = code[0]
+    # the anchor is the operation's own name, not the API's name every operation of it shares
     assert op["anchor"] == "Finds Pets by status" and "Finds Pets by status" not in op["positive"]
     assert "operationId: findPetsByStatus" in op["positive"] and op["doc_id"] == "d1"
     assert "unit-tests" not in code[2]["positive"] and "pytest -q" in code[2]["positive"]
@@ -63,7 +65,8 @@ def test_pairs_per_model_cut_the_anchor_out_of_the_positive():
     assert cap["method"]["anchor"] == "This Method sets the CurrentInterval to 0"
     # an indexed card keeps its name: a searcher may type it
     cards = em.capability_cards([OPERATION, SECTION])
-    assert len(cards) == 1 and cards[0]["text"].startswith("Finds Pets by status\nHTTP operation GET")
+    assert cards[0]["text"].startswith("Finds Pets by status — Swagger Petstore\nHTTP operation GET")
+    assert len(cards) == 1 and cap["operation"]["anchor"] == "Finds Pets by status"
     # an operation without a summary has no words of its own to pair: no pair, but a card
     assert not em.mine_pairs("code", [UNNAMED]) and not em.mine_pairs("capability", [UNNAMED])
     assert em.capability_cards([UNNAMED])[0]["text"].startswith("GET /users/{username}\nHTTP operation GET")

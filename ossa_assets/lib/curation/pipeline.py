@@ -31,7 +31,7 @@ from ossa_assets.lib.curation.sources import SourceFile, SourceSpec
 
 # Bump when any rule that changes outcomes changes (parsers, curators, scrubbing, filters): it is
 # part of every cache key and every corpus data version.
-CURATION_CODE_VERSION = "8"
+CURATION_CODE_VERSION = "9"
 
 CURATORS = {
     "api_spec": "ossa_assets.lib.curation.openapi:curate_file",

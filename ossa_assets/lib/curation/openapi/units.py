@@ -89,8 +89,18 @@ def _param_key(doc: dict, p: Any) -> tuple[str, str] | None:
     return (str(p.get("name")), str(p.get("in"))) if isinstance(p, dict) and "name" in p else None
 
 
+def _with_api(name: str, api: str) -> str:
+    """"List pets — Swagger Petstore": an operation's title names its API, since a unit read
+    alone (a search hit, a training sample) is otherwise "List pets" of any of a family's specs.
+    Not repeated when the name already says it."""
+    if not api or api.casefold() in name.casefold():
+        return name
+    return f"{name} — {api}"
+
+
 def operation_units(doc: dict, kind: str) -> list[Unit]:
     units = []
+    api = _first_line(_d(doc.get("info")).get("title"))
     for section, path, method, op, item in _operations(doc):
         own = _l(op.get("parameters"))
         own_keys = {_param_key(doc, p) for p in own}
@@ -101,14 +111,16 @@ def operation_units(doc: dict, kind: str) -> list[Unit]:
         text, truncated = _cap(dump_yaml({path: {method: body}}))
         summary = _first_line(op.get("summary"))
         op_id = op.get("operationId") if isinstance(op.get("operationId"), str) else None
-        title = summary or (op_id or "").strip()[:MAX_TITLE_CHARS] or f"{method.upper()} {path}"
+        name = summary or (op_id or "").strip()[:MAX_TITLE_CHARS] or f"{method.upper()} {path}"
         names = [_d(_deref(doc, p)).get("name") for p in params]
         units.append(
             Unit(
                 "operation",
-                title,
+                _with_api(name, api),
                 text,
                 {
+                    "name": name,  # the title without the API's name
+                    "api": api or None,
                     "path": path,
                     "method": method,
                     "webhook": section == "webhooks",
