@@ -44,7 +44,7 @@ test: install
 
 lint: install
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/ruff check ossa_assets resources sensors tests bench
+	$(BIN)/ruff check ossa_assets ossa_serving resources sensors tests bench
 
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python bench/bench_graph.py

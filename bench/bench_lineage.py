@@ -35,8 +35,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ossa_assets.lib.graph_store import EmbeddedFalkorDB, GraphStore  # noqa: E402
-from ossa_assets.lineage import queries  # noqa: E402
+from ossa_assets.lib.graph_store import (  # noqa: E402
+    EmbeddedFalkorDB,
+    GraphStore,
+    queries,  # noqa: E402
+)
 
 
 def generate(store: GraphStore, n_docs: int, n_corpora: int, per_corpus: int, n_models: int, n_sources: int = 10):

@@ -58,7 +58,7 @@ def lineage_check():
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from ossa_assets.lineage import queries
+    from ossa_assets.lib.graph_store import queries
 
     if args.action in ("sync", "rebuild"):
         stats = lineage_sync(rebuild=args.action == "rebuild")

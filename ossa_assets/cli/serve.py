@@ -15,18 +15,18 @@ from ossa_assets.cli.materialize import materialize
 
 
 def _state_path() -> Path:
+    from ossa_assets.lib.deployment import state_path
     from resources import data_root
 
-    return data_root() / "serving" / "deployment.json"
+    return state_path(data_root())
 
 
 def _serve(host: str, port: int) -> None:
-    import uvicorn
-
-    from ossa_assets.serving.server import create_app
+    from ossa_serving.app import create_app
+    from ossa_serving.cli import make_server
 
     app = create_app(_state_path(), cache_url=os.environ.get("OSSA_REDIS_URL"), graph_factory=_graph_store)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    make_server(app, host, port).run()
 
 
 def smoke_test(log=print) -> tuple[int, int]:
@@ -37,7 +37,8 @@ def smoke_test(log=print) -> tuple[int, int]:
     import httpx
     import uvicorn
 
-    from ossa_assets.serving.server import ROUTES, create_app
+    from ossa_assets.lib.domains import ROUTES
+    from ossa_serving.app import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,7 +52,7 @@ def smoke_test(log=print) -> tuple[int, int]:
     base = f"http://127.0.0.1:{port}"
     ok = total = 0
     try:
-        for _ in range(100):
+        for _ in range(1200):  # start-up loads and warms every engine and embedder
             if server.started:
                 break
             time.sleep(0.05)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ossa_assets.lib.domains import REGISTRY
+
 # The file name a generation is judged under: the curators dispatch on the suffix and path.
-_GENERATED_NAME = {
-    "api_spec": "generated/openapi.yaml",
-    "industrial_protocol": "generated/model.NodeSet2.xml",
-    "devops_workflow": ".gitlab-ci.yml",
-}
+_GENERATED_NAME = {d.name: d.judge_name for d in REGISTRY}
 
 
 def _judge_name(domain: str, text: str) -> str:

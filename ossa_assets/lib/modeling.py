@@ -11,13 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from ossa_assets.lib.domains import REGISTRY
+
 # Domain control tokens: a prompt starts with its domain's token so one tokenizer (and one
 # multi-task adapter) can serve all three domains.
-DOMAIN_TOKENS = {
-    "api_spec": "<|api_spec|>",
-    "industrial_protocol": "<|industrial_protocol|>",
-    "devops_workflow": "<|devops_workflow|>",
-}
+DOMAIN_TOKENS = {d.name: d.token for d in REGISTRY}
 SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", *DOMAIN_TOKENS.values()]
 
 

@@ -10,20 +10,21 @@ restart.
 from __future__ import annotations
 
 import datetime as dt
-import json
+from dataclasses import asdict
 
 import dagster as dg
 
 from ossa_assets.artifact_asset import StageResult, artifact_asset
 from ossa_assets.keys import DEPLOYMENT, INT8_MODEL, VECTOR_INDEX
-from ossa_assets.lib.artifacts import Artifact, atomic_write_text, lineage_id_for, sha256_json
-from ossa_assets.serving.server import ROUTES
+from ossa_assets.lib.artifacts import Artifact, lineage_id_for, sha256_json
+from ossa_assets.lib.deployment import DeploymentState, RouteSpec, SearchIndex, SearchSpec, state_path, write_state
+from ossa_assets.lib.domains import ROUTES
 from resources.qdrant import QdrantResource
 from resources.storage import ArtifactStore
 
 
 def deployment_state_path(store: ArtifactStore):
-    return store.path("serving", "deployment.json")
+    return state_path(store.root)
 
 
 @artifact_asset(
@@ -48,52 +49,51 @@ def deployment(
     if missing:
         raise ValueError(f"no int8 engine for domains {missing}")
     routes = {
-        route: {
-            "domain": domain,
-            "model_version": f"{domain}-{by_domain[domain].data_version[:12]}",
-            "engine_path": by_domain[domain].path,
-            "model_file": by_domain[domain].meta.get("model_file", "model.int8.onnx"),
-            "engine": by_domain[domain].meta.get("engine", "onnxruntime-int8"),
-            "lineage_id": by_domain[domain].lineage_id,
-        }
+        route: RouteSpec(
+            domain=domain,
+            model_version=f"{domain}-{by_domain[domain].data_version[:12]}",
+            engine_path=by_domain[domain].path,
+            model_file=by_domain[domain].meta.get("model_file", "model.int8.onnx"),
+            engine=by_domain[domain].meta.get("engine", "onnxruntime-int8"),
+            lineage_id=by_domain[domain].lineage_id,
+        )
         for route, domain in ROUTES.items()
     }
     # the search route reads each model's live alias; the collection behind it names the model
     # that must embed the query (a later blue/green move needs no new deployment)
-    search = {
-        "url": qdrant.url,
-        "path": qdrant.path,
-        "indexes": {
-            kind: {
-                "alias": art.meta.get("alias"),
-                "collection": art.meta["collection"],
-                "model_version": art.meta.get("model_version"),
-                "lineage_id": art.lineage_id,
-            }
+    search = SearchSpec(
+        url=qdrant.url,
+        path=qdrant.path,
+        indexes={
+            kind: SearchIndex(
+                alias=art.meta.get("alias"),
+                collection=art.meta["collection"],
+                model_version=art.meta.get("model_version"),
+                lineage_id=art.lineage_id,
+            )
             for kind, art in sorted(indexes.items())
         },
-    }
-    version = sha256_json({"routes": routes, "search": search})
-    state = {
-        "version": version[:16],
-        "lineage_id": lineage_id_for("Deployment", DEPLOYMENT.to_user_string(), None, version),
-        "routes": routes,
-        "search": search,
-        "declared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "dagster_run_id": context.run.run_id,
-    }
-    path = deployment_state_path(store)
-    atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True))
+    )
+    version = sha256_json({"routes": {r: asdict(s) for r, s in routes.items()}, "search": asdict(search)})
+    state = DeploymentState(
+        version=version[:16],
+        lineage_id=lineage_id_for("Deployment", DEPLOYMENT.to_user_string(), None, version),
+        routes=routes,
+        search=search,
+        declared_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        dagster_run_id=context.run.run_id,
+    )
+    path = write_state(deployment_state_path(store), state)
     return StageResult(
         Artifact(
             kind="Deployment",
             path=str(path),
             data_version=version,
-            meta={"serves": {r: s["lineage_id"] for r, s in routes.items()}},
+            meta={"serves": {r: s.lineage_id for r, s in routes.items()}},
         ),
         metadata={
-            "routes": dg.JsonMetadataValue({r: s["model_version"] for r, s in routes.items()}),
-            "search": dg.JsonMetadataValue({k: v["alias"] or v["collection"] for k, v in search["indexes"].items()}),
+            "routes": dg.JsonMetadataValue({r: s.model_version for r, s in routes.items()}),
+            "search": dg.JsonMetadataValue({k: v.alias or v.collection for k, v in search.indexes.items()}),
             "state_file": dg.PathMetadataValue(str(path)),
         },
     )

@@ -195,7 +195,7 @@ def test_upstream_summarises_documents_by_source(store):
 
 
 def test_diff_of_two_deployments_names_data_code_and_config(store):
-    from ossa_assets.lineage import queries
+    from ossa_assets.lib.graph_store import queries
 
     _history(store)
     d = queries.diff(store, "deploy@1", "deploy@2", sample=5)

@@ -28,16 +28,13 @@ from typing import Any, Callable
 from ossa_assets.lib.curation.common import FileOutcome, Limits, ParsedDocument, Rejected, SourceContext, Unit
 from ossa_assets.lib.curation.secrets import scrub, scrub_obj
 from ossa_assets.lib.curation.sources import SourceFile, SourceSpec
+from ossa_assets.lib.domains import REGISTRY
 
 # Bump when any rule that changes outcomes changes (parsers, curators, scrubbing, filters): it is
 # part of every cache key and every corpus data version.
 CURATION_CODE_VERSION = "9"
 
-CURATORS = {
-    "api_spec": "ossa_assets.lib.curation.openapi:curate_file",
-    "industrial_protocol": "ossa_assets.lib.curation.opcua:curate_file",
-    "devops_workflow": "ossa_assets.lib.curation.cicd:curate_file",
-}
+CURATORS = {d.name: d.curator for d in REGISTRY}
 
 # Rejections that only mean "not a standalone document": a file some document of the source
 # read (a multi-file spec's fragment) is a part of that document, not an invalid file.

@@ -1,4 +1,8 @@
-"""The inference server: serves whatever the deployment asset last declared, without restarts.
+"""The pre-batching inference server, kept runnable as the benchmarks' naive baseline
+(`python -m ossa_serving --naive`): each request runs the model alone in a thread, search
+opens the store per request. What serves is ossa_serving.app.
+
+It serves whatever the deployment asset last declared, without restarts.
 
 The `serving/deployment` asset writes a desired-state file (route -> engine path, model version,
 lineage id). This process checks the file's mtime on every request and, when it changed, loads
@@ -29,11 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("ossa.serving")
 
-ROUTES = {
-    "/api-model/v1": "api_spec",
-    "/protocol-model/v1": "industrial_protocol",
-    "/devops-model/v1": "devops_workflow",
-}
+from ossa_assets.lib.domains import ROUTES  # noqa: E402
+
 MAX_PROMPT_CHARS = 8000
 MAX_NEW_TOKENS = 256
 
@@ -297,7 +298,7 @@ def create_app(state_path: str | Path, cache_url: str | None = None,
     def _lineage(fn):
         if graph_factory is None:
             raise ApiError(503, "no lineage graph configured for this server")
-        from ossa_assets.lineage import queries
+        from ossa_assets.lib.graph_store import queries
 
         try:
             store = graph_factory()

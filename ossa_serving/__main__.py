@@ -1,0 +1,3 @@
+from ossa_serving.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""The HTTP app: routes, validation, backpressure, lifecycle, metrics.
+
+Routes: POST /api-model/v1, /protocol-model/v1, /devops-model/v1 (generate, one per domain in
+lib/domains.py); POST /v1/embeddings (OpenAI shape); POST /v1/search; GET /v1/models,
+/v1/lineage/{upstream,downstream,diff}; GET /health (liveness), /ready (a deployment loaded and
+warm), /metrics (Prometheus). Every answer is JSON; every error a JSON body with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ossa_serving.batching import DeadlineExceeded, QueueFull
+from ossa_serving.schemas import (
+    EmbeddingsRequest,
+    ErrorBody,
+    GenerateRequest,
+    GenerateResponse,
+    SearchRequest,
+)
+from ossa_serving.settings import Settings
+
+log = logging.getLogger("ossa.serving")
+access = logging.getLogger("ossa.serving.access")
+
+MAX_EMBED_INPUTS = 256
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        self.status, self.message, self.headers = status, message, headers
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+COMMON_ERRORS = {
+    413: _err("Body larger than the server accepts (refused before it is read)"),
+    415: _err("Content-Type is not application/json"),
+    422: _err("Invalid JSON or a field out of range"),
+    429: _err("The model's queue is full: retry after the Retry-After header's seconds"),
+    503: _err("Nothing deployed on this route yet, or the server is draining"),
+    504: _err("The request's deadline passed before its answer was ready"),
+}
+
+
+def create_app(state_path: str | Path | None = None, cache_url: str | None = None,
+               graph_factory: Callable[[], Any] | None = None, settings: Settings | None = None) -> FastAPI:
+    from ossa_assets.lib.cache import cache_key, make_cache
+    from ossa_assets.lib.domains import ROUTES
+    from ossa_serving.engines import DeploymentWatcher, EmbedderPool, GenParams
+    from ossa_serving.metrics import Metrics
+    from ossa_serving.search import SearchBackend, SearchUnavailable
+
+    if settings is None:
+        settings = Settings.from_env(state_path)
+        settings.cache_url = cache_url or settings.cache_url
+        if graph_factory is not None:
+            settings.graph_factory = graph_factory
+    metrics = Metrics()
+    watcher = DeploymentWatcher(settings, metrics)
+    embedders = EmbedderPool(settings, metrics)
+    cache = make_cache(settings.cache_url)
+    runtime: dict[str, Any] = {"draining": False, "in_flight": 0, "search": None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # load and warm before taking traffic: /ready turns 200 when this is done
+        await run_in_threadpool(watcher.refresh)
+        runtime["search"] = search = SearchBackend(watcher, embedders, settings)
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(search.sync)
+        yield
+        search.close()
+        embedders.close()
+        watcher.close()
+
+    app = FastAPI(title="ossa inference", version="2", lifespan=lifespan)
+    app.state.watcher, app.state.runtime, app.state.metrics = watcher, runtime, metrics
+
+    @app.middleware("http")
+    async def _front(request: Request, call_next):
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        t0 = time.perf_counter()
+        path = request.url.path
+        if runtime["draining"] and path not in ("/health", "/metrics"):
+            resp = JSONResponse({"error": "server is shutting down; retry on another replica"}, status_code=503)
+        elif request.method == "POST" and (msg := _body_problem(request, settings.max_body_bytes)):
+            resp = JSONResponse({"error": msg[1]}, status_code=msg[0])
+        else:
+            watcher.refresh()
+            runtime["in_flight"] += 1
+            try:
+                resp = await call_next(request)
+            finally:
+                runtime["in_flight"] -= 1
+        resp.headers["x-request-id"] = rid
+        seconds = time.perf_counter() - t0
+        version = resp.headers.get("x-model-version", "")
+        metrics.request(path if path in _KNOWN else "other", version, resp.status_code, seconds)
+        access.info("%s %s %d %.1fms request_id=%s lineage_id=%s", request.method, path, resp.status_code,
+                    seconds * 1000, rid, resp.headers.get("x-lineage-id", "-"))
+        return resp
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        msgs = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request", "details": msgs}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        # keeps the exception's headers: a 405 says what is Allowed
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    async def _await(fut, timeout_s: float):
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout_s)
+        except (asyncio.TimeoutError, DeadlineExceeded):
+            fut.cancel()
+            raise ApiError(504, f"no answer within the request deadline ({timeout_s:g}s)") from None
+
+    def _refuse(e: QueueFull):
+        raise ApiError(429, str(e), {"Retry-After": str(e.retry_after_s)})
+
+    async def _generate(route: str, req: GenerateRequest, request: Request) -> JSONResponse:
+        loaded = watcher.routes.get(route)
+        if loaded is None:
+            raise ApiError(503, f"{route} has no deployed model yet: materialize serving/deployment")
+        key = cache_key(loaded.model_version, route, req.model_dump())
+        # a sampled answer without a seed is a fresh draw each time: never served from the cache
+        cacheable = req.temperature == 0 or req.seed is not None
+        hit = cache.get(key) if cacheable else None
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        headers = {"x-model-version": loaded.model_version, "x-lineage-id": loaded.lineage_id}
+        if hit is not None:
+            return JSONResponse({**hit, "cached": True, "request_id": rid}, headers=headers)
+        prompt = loaded.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
+        ids = [loaded.domain_token_id, *prompt]
+        window = loaded.engine.window
+        truncated = False
+        if window and len(ids) + req.max_new_tokens > window:
+            # keep the domain token and the prompt's end; room for the new tokens
+            keep = max(window - req.max_new_tokens - 1, 1)
+            ids, truncated = [loaded.domain_token_id, *prompt[-keep:]], True
+        t0 = time.perf_counter()
+        params = GenParams(req.max_new_tokens, req.temperature, req.top_p, req.seed, tuple(req.stop))
+        try:
+            fut = loaded.engine.submit(ids, params, settings.request_timeout_s)
+        except QueueFull as e:
+            _refuse(e)
+        out = await _await(fut, settings.request_timeout_s)
+        body = {
+            "route": route, "domain": loaded.domain, "model_version": loaded.model_version,
+            "lineage_id": loaded.lineage_id, "completion": out.text, "finish_reason": out.finish_reason,
+            "prompt_tokens": len(ids), "prompt_truncated": truncated, "completion_tokens": len(out.tokens),
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
+        if cacheable:
+            cache.set(key, body)
+        return JSONResponse({**body, "cached": False, "request_id": rid}, headers=headers)
+
+    def _route_handler(route: str):
+        async def handler(req: GenerateRequest, request: Request) -> GenerateResponse:
+            return await _generate(route, req, request)
+
+        return handler
+
+    for route in ROUTES:
+        app.post(route, name=f"generate {route}", response_model=GenerateResponse,
+                 responses=COMMON_ERRORS)(_route_handler(route))
+
+    async def _embed(kind: str, texts: list[str]):
+        search = runtime["search"]
+        if search is None:
+            raise ApiError(503, "the server is starting")
+        try:
+            li = search.index(kind)
+        except SearchUnavailable as e:
+            raise ApiError(503, str(e)) from None
+        _, batcher = await run_in_threadpool(embedders.get, li.meta.get("model_path"), li.meta.get("max_seq_length"))
+        try:
+            fut = batcher.submit(texts, cost=len(texts), timeout_s=settings.request_timeout_s)
+        except QueueFull as e:
+            _refuse(e)
+        return li, await _await(fut, settings.request_timeout_s)
+
+    @app.post("/v1/embeddings", responses=COMMON_ERRORS)
+    async def embeddings_route(req: EmbeddingsRequest) -> dict[str, Any]:
+        import numpy as np
+
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not texts or len(texts) > MAX_EMBED_INPUTS:
+            raise ApiError(422, f"input: 1 to {MAX_EMBED_INPUTS} strings")
+        if any(not isinstance(t, str) or not t or len(t) > 8000 for t in texts):
+            raise ApiError(422, "input: every string must be 1 to 8000 characters")
+        li, vecs = await _embed(req.model, texts)
+        dim = int(vecs.shape[1])
+        if req.dimensions is not None:
+            if req.dimensions > dim:
+                raise ApiError(422, f"dimensions: {req.model} vectors have {dim} dimensions")
+            vecs = vecs[:, : req.dimensions]
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return {
+            "object": "list", "model": req.model, "model_version": li.meta.get("model_version"),
+            "lineage_id": li.meta.get("model_lineage_id") or li.lineage_id,
+            "data": [{"object": "embedding", "index": i, "embedding": [round(float(x), 7) for x in v]}
+                     for i, v in enumerate(vecs)],
+            "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)},
+        }
+
+    @app.post("/v1/search", responses=COMMON_ERRORS)
+    async def search_route(req: SearchRequest) -> dict[str, Any]:
+        li, vecs = await _embed(req.index, [req.query])
+        hits = await run_in_threadpool(runtime["search"].query, li, vecs[0].tolist(), req.limit, req.domain, req.source)
+        return {"index": req.index, "collection": li.collection, "model_version": li.meta.get("model_version"),
+                "lineage_id": li.lineage_id, "hits": hits}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        state = watcher.state
+        search = runtime["search"]
+        return {
+            "deployment_version": state.version if state else None,
+            "deployment_lineage_id": state.lineage_id if state else None,
+            "models": [
+                {"route": r.route, "domain": r.domain, "model_version": r.model_version, "lineage_id": r.lineage_id,
+                 "engine": state.routes[r.route].engine, "capabilities": ["generate"]}
+                for r in sorted(watcher.routes.values(), key=lambda r: r.route)
+            ],
+            "search": {
+                kind: {"alias": idx.alias, "collection": idx.collection, "model_version": idx.model_version,
+                       "lineage_id": idx.lineage_id,
+                       "serving": (search.live[kind].collection if search and kind in search.live else None)}
+                for kind, idx in (state.search.indexes.items() if state else [])
+            },
+        }
+
+    def _lineage(fn):
+        if settings.graph_factory is None:
+            raise ApiError(503, "no lineage graph configured for this server")
+        from ossa_assets.lib.graph_store import queries
+
+        try:
+            store = settings.graph_factory()
+        except Exception as e:
+            raise ApiError(503, f"lineage graph unavailable ({type(e).__name__})") from e
+        try:
+            return fn(store, queries)
+        finally:
+            store.close()
+
+    def _resolve(store, queries, target: str) -> str:
+        node = queries.resolve(store, target)
+        if node is None:
+            raise ApiError(404, f"nothing in the lineage graph matches {target!r}")
+        return node
+
+    lineage_errors = {404: _err("Nothing in the lineage graph matches"), 503: _err("No lineage graph")}
+
+    # Lineage: every answer above carries a lineage_id; these resolve it (or a route, an asset
+    # key, doc:<hash>, source:<name>) to what it was made from and what was made from it.
+    @app.get("/v1/lineage/upstream", responses=lineage_errors)
+    def lineage_upstream(id: str = Query(min_length=1, max_length=500),
+                         documents: int = Query(default=20, ge=0, le=1000)) -> dict[str, Any]:
+        return _lineage(lambda store, q: q.as_json(store.upstream(_resolve(store, q, id), documents=documents)))
+
+    @app.get("/v1/lineage/downstream", responses=lineage_errors)
+    def lineage_downstream(id: str = Query(min_length=1, max_length=500)) -> dict[str, Any]:
+        return _lineage(lambda store, q: q.as_json(store.downstream(_resolve(store, q, id))))
+
+    @app.get("/v1/lineage/diff", responses=lineage_errors)
+    def lineage_diff(b: str = Query(min_length=1, max_length=500),
+                     a: Optional[str] = Query(default=None, max_length=500,
+                                              description="default: the version of b's asset before b")) -> dict[str, Any]:
+        def run(store, q):
+            new = _resolve(store, q, b)
+            old = _resolve(store, q, a) if a else q.previous(store, new)
+            if old is None:
+                raise ApiError(404, f"no earlier version of {new} to compare with: pass a=")
+            return q.diff(store, old, new)
+
+        return _lineage(run)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness: the process answers. Whether it can serve is /ready."""
+        state = watcher.state
+        return {"status": "draining" if runtime["draining"] else "ok",
+                "deployment_version": state.version if state else None, "routes": sorted(watcher.routes),
+                "last_reload_error": watcher.last_error}
+
+    @app.get("/ready", responses={503: _err("No deployment loaded yet, or draining")})
+    def ready() -> JSONResponse:
+        ok = bool(watcher.routes) and not runtime["draining"]
+        search = runtime["search"]
+        return JSONResponse({"ready": ok, "routes": sorted(watcher.routes),
+                             "search": sorted(search.live) if search else [],
+                             "last_reload_error": watcher.last_error,
+                             "search_error": search.last_error if search else None},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response)
+    def metrics_route() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    _KNOWN = {r.path for r in app.routes if hasattr(r, "path")}
+    return app
+
+
+def _body_problem(request: Request, limit: int) -> tuple[int, str] | None:
+    """413 from the declared length, before anything is read; 415 for a non-JSON body."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            n = int(length)
+        except ValueError:
+            return 400, "invalid Content-Length"
+        if n > limit:
+            return 413, f"body of {n} bytes is over the {limit}-byte limit"
+        if n == 0:
+            return None
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return 415, f"Content-Type {ctype!r} is not supported: send application/json"
+    return None

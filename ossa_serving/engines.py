@@ -1,0 +1,316 @@
+"""The engines behind the routes, and the deployment watcher that swaps them.
+
+Generation is batched at the decoding step (continuous batching, as vLLM and TGI do): one
+inference thread per engine runs one forward pass for every active sequence, appends each
+one's next token, lets finished sequences leave and queued requests join between steps. The
+exported decoder has no KV-cache inputs yet (lib/onnx_export.py exports logits only), so each
+step recomputes every active context; batching is what makes the step cheap per request.
+Sequences are right-padded: positions stay exact and each row's logits are read at its own
+last real token (the model is causal, so padding after a token cannot change it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ossa_serving.batching import Batcher, DeadlineExceeded, Job, JobQueue
+
+log = logging.getLogger("ossa.serving")
+
+
+@dataclass
+class GenParams:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenResult:
+    tokens: list[int]
+    text: str
+    finish_reason: str  # length | eos | stop
+
+
+@dataclass
+class _Seq:
+    job: Job
+    ids: list[int]
+    params: GenParams
+    rng: Any
+    new: list[int] = field(default_factory=list)
+
+
+def choose_token(logits, params: GenParams, rng) -> int:
+    """Greedy at temperature 0; otherwise temperature + nucleus (top_p) sampling with the
+    request's own generator, so a seed gives the same tokens whatever else is in the batch."""
+    import numpy as np
+
+    if params.temperature <= 0:
+        return int(logits.argmax())
+    z = logits.astype(np.float64) / params.temperature
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, params.top_p) + 1)]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+class GenerationEngine:
+    """An ONNX causal LM behind a bounded queue and one decoding thread."""
+
+    def __init__(self, name: str, lm: Any, tokenizer: Any, *, max_batch: int, max_batch_tokens: int,
+                 max_delay_ms: float, max_queue: int, metrics: Any = None):
+        self.name, self.lm, self.tokenizer = name, lm, tokenizer
+        self.max_batch, self.max_batch_tokens = max_batch, max_batch_tokens
+        self.max_delay_s = max_delay_ms / 1000
+        self.queue = JobQueue(name, max_queue)
+        self.metrics = metrics
+        self.eos = tokenizer.eos_token_id
+        self.active: list[_Seq] = []
+        self._thread = threading.Thread(target=self._loop, name=f"decode-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def window(self) -> int | None:
+        return self.lm.max_positions
+
+    def submit(self, ids: list[int], params: GenParams, timeout_s: float):
+        return self.queue.put(Job((ids, params), len(ids) + params.max_new_tokens, time.monotonic() + timeout_s))
+
+    def _admit(self, block: bool) -> None:
+        import numpy as np
+
+        room = self.max_batch - len(self.active)
+        if room <= 0:
+            return
+        used = sum(len(s.ids) + s.params.max_new_tokens for s in self.active)
+        jobs = self.queue.take(room, max(self.max_batch_tokens - used, 1), self.max_delay_s, block=block)
+        now = time.monotonic()
+        if jobs and self.metrics:
+            self.metrics.batch(self.name, len(jobs), [now - j.enqueued for j in jobs], len(self.queue))
+        for j in jobs:
+            ids, params = j.payload
+            self.active.append(_Seq(j, list(ids), params, np.random.default_rng(params.seed)))
+
+    def _finish(self, s: _Seq, reason: str, text: str | None = None) -> None:
+        if text is None:
+            text = self.tokenizer.decode(s.new, skip_special_tokens=True)
+        if not s.job.future.done():
+            s.job.future.set_result(GenResult(s.new, text, reason))
+
+    def step(self) -> None:
+        """One forward pass over every active sequence."""
+        import numpy as np
+
+        window = self.window
+        ctx = [(s.ids + s.new)[-window:] if window else s.ids + s.new for s in self.active]
+        width = max(len(c) for c in ctx)
+        ids = np.zeros((len(ctx), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for r, c in enumerate(ctx):
+            ids[r, : len(c)] = c
+            mask[r, : len(c)] = 1
+        logits = self.lm.logits(ids, mask)
+        if self.metrics:
+            self.metrics.tokens(self.name, len(ctx))
+        keep = []
+        now = time.monotonic()
+        for r, s in enumerate(self.active):
+            if s.job.future.cancelled() or s.job.future.done():
+                continue
+            if now > s.job.deadline:
+                s.job.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed while generating"))
+                continue
+            tok = choose_token(logits[r, len(ctx[r]) - 1], s.params, s.rng)
+            s.new.append(tok)
+            if self.eos is not None and tok == self.eos:
+                self._finish(s, "eos")
+                continue
+            if s.params.stop:
+                text = self.tokenizer.decode(s.new, skip_special_tokens=True)
+                cut = min((text.find(x) for x in s.params.stop if x in text), default=-1)
+                if cut >= 0:
+                    self._finish(s, "stop", text[:cut])
+                    continue
+            if len(s.new) >= s.params.max_new_tokens:
+                self._finish(s, "length")
+                continue
+            keep.append(s)
+        self.active = keep
+
+    def _loop(self) -> None:
+        while not self.queue.closed:
+            try:
+                self._admit(block=not self.active)
+                if self.active:
+                    self.step()
+            except Exception as e:  # a failed step fails its sequences; the engine keeps serving
+                log.exception("%s: decoding step failed", self.name)
+                for s in self.active:
+                    if not s.job.future.done():
+                        s.job.future.set_exception(e)
+                self.active = []
+
+    def close(self) -> None:
+        self.queue.close()
+        self._thread.join(timeout=5)
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads  # the cores this engine's one thread owns
+    so.inter_op_num_threads = 1
+    return so
+
+
+@dataclass
+class LoadedRoute:
+    route: str
+    domain: str
+    model_version: str
+    lineage_id: str
+    engine: GenerationEngine
+    tokenizer: Any
+    domain_token_id: int
+
+
+def load_route(route: str, spec: Any, settings: Any, metrics: Any = None) -> LoadedRoute:
+    """Load and warm one route's engine (one forward pass before it takes traffic)."""
+    from ossa_assets.lib.domains import domain
+    from ossa_assets.lib.modeling import load_tokenizer
+    from ossa_assets.lib.onnx_runtime import OnnxCausalLM
+
+    engine_dir = Path(spec.engine_path)
+    tokenizer = load_tokenizer(engine_dir)
+    lm = OnnxCausalLM(engine_dir / spec.model_file, session_options=session_options(settings.intra_op_threads))
+    token_id = tokenizer.convert_tokens_to_ids(domain(spec.domain).token)
+    lm.logits([[token_id]])  # warm: the first run allocates
+    engine = GenerationEngine(f"{route}@{spec.model_version}", lm, tokenizer, max_batch=settings.max_batch,
+                              max_batch_tokens=settings.max_batch_tokens,
+                              max_delay_ms=settings.max_queue_delay_ms, max_queue=settings.max_queue,
+                              metrics=metrics)
+    return LoadedRoute(route, spec.domain, spec.model_version, spec.lineage_id, engine, tokenizer, token_id)
+
+
+class DeploymentWatcher:
+    """Holds the live engines; reloads when the deployment state file changes.
+
+    New engines load beside the old ones and are swapped in whole; the old ones finish what
+    they have queued before they close. A state that fails to load leaves the previous engines
+    serving and is reported on /health and /ready."""
+
+    def __init__(self, settings: Any, metrics: Any = None):
+        self.settings = settings
+        self.state_path = Path(settings.state_path)
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._mtime: float | None = None
+        self.state = None  # lib.deployment.DeploymentState
+        self.routes: dict[str, LoadedRoute] = {}
+        self.last_error: str | None = None
+        self.reloads = 0
+
+    def refresh(self) -> None:
+        from ossa_assets.lib.deployment import read_state
+
+        try:
+            mtime = self.state_path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._mtime:
+            return
+        with self._lock:
+            if mtime == self._mtime:
+                return
+            try:
+                state = read_state(self.state_path)
+                routes = self._load_routes(state)
+            except Exception as e:  # keep serving the previous deployment
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("deployment reload failed; previous engines stay live")
+                self._mtime = mtime  # don't retry a broken file on every request
+                return
+            old = self.routes
+            self.state, self.routes, self._mtime = state, routes, mtime
+            self.last_error = None
+            self.reloads += 1
+            for r, lr in old.items():
+                if routes.get(r) is not lr:
+                    threading.Thread(target=_drain_and_close, args=(lr.engine,), daemon=True).start()
+            if self.metrics:
+                self.metrics.model_info(state, routes)
+            log.info("deployment %s live: %s", state.version, sorted(routes))
+
+    def _load_routes(self, state) -> dict[str, LoadedRoute]:
+        loaded: dict[str, LoadedRoute] = {}
+        for route, spec in state.routes.items():
+            current = self.routes.get(route)
+            if current and current.model_version == spec.model_version:
+                loaded[route] = current  # unchanged: no reload
+                continue
+            loaded[route] = load_route(route, spec, self.settings, self.metrics)
+        return loaded
+
+    def close(self) -> None:
+        for lr in self.routes.values():
+            lr.engine.close()
+
+
+def _drain_and_close(engine: GenerationEngine, grace_s: float = 30.0) -> None:
+    deadline = time.monotonic() + grace_s
+    while (len(engine.queue) or engine.active) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    engine.close()
+
+
+class EmbedderPool:
+    """One batched embedder per model path, shared by /v1/embeddings and /v1/search."""
+
+    def __init__(self, settings: Any, metrics: Any = None):
+        self.settings, self.metrics = settings, metrics
+        self._by_path: dict[str, tuple[Any, Batcher]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_path: str, max_seq_length: int | None) -> tuple[Any, Batcher]:
+        with self._lock:
+            if model_path not in self._by_path:
+                from ossa_assets.lib import embeddings
+
+                model = embeddings.load_embedder(model_path, max_seq_length)
+                model.encode(["warm"], normalize_embeddings=True)
+
+                def run(batch: list[list[str]], model=model) -> list[Any]:
+                    flat = [t for texts in batch for t in texts]
+                    vecs = model.encode(flat, normalize_embeddings=True, batch_size=max(len(flat), 1))
+                    out, i = [], 0
+                    for texts in batch:
+                        out.append(vecs[i: i + len(texts)])
+                        i += len(texts)
+                    return out
+
+                s = self.settings
+                batcher = Batcher(f"embed:{Path(model_path).name}", run, max_batch=s.max_batch,
+                                  max_cost=max(s.max_batch * 8, 256), max_delay_ms=s.max_queue_delay_ms,
+                                  max_queue=s.max_queue, metrics=self.metrics)
+                self._by_path[model_path] = (model, batcher)
+            return self._by_path[model_path]
+
+    def close(self) -> None:
+        for _, b in self._by_path.values():
+            b.close()

@@ -1,0 +1,66 @@
+"""The server's own settings, from the environment: it never builds Dagster resources."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@dataclass
+class Settings:
+    state_path: Path
+    cache_url: str | None = None  # Redis; None: in-process LRU
+    # dynamic batching (Triton's rule): a batch goes when full or when its oldest request has
+    # waited max_queue_delay_ms
+    max_batch: int = 32
+    max_batch_tokens: int = 8192
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 128  # per engine; beyond it: 429 + Retry-After
+    request_timeout_s: float = 10.0  # per-request deadline: 504 when missed
+    max_body_bytes: int = 256 * 1024  # 413 beyond it, before the body is read
+    intra_op_threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    search_poll_s: float = 1.0  # how often the search copy checks for a moved alias
+    graph_factory: Callable[[], Any] | None = None
+
+    @classmethod
+    def from_env(cls, state_path: str | Path | None = None, **overrides: Any) -> Settings:
+        root = Path(os.environ.get("OSSA_DATA_ROOT", ".ossa_data")).resolve()
+        from ossa_assets.lib.deployment import state_path as default_state_path
+
+        s = cls(
+            state_path=Path(state_path) if state_path else default_state_path(root),
+            cache_url=os.environ.get("OSSA_REDIS_URL") or None,
+            max_batch=_int("OSSA_SERVE_MAX_BATCH", 32),
+            max_batch_tokens=_int("OSSA_SERVE_MAX_BATCH_TOKENS", 8192),
+            max_queue_delay_ms=_float("OSSA_SERVE_MAX_QUEUE_DELAY_MS", 2.0),
+            max_queue=_int("OSSA_SERVE_MAX_QUEUE", 128),
+            request_timeout_s=_float("OSSA_SERVE_TIMEOUT_S", 10.0),
+            graph_factory=graph_factory_from_env(root),
+        )
+        for k, v in overrides.items():
+            setattr(s, k, v)
+        return s
+
+
+def graph_factory_from_env(root: Path) -> Callable[[], Any]:
+    """The lineage graph: a Bolt server when OSSA_NEO4J_URI is set, else the embedded store
+    under the data root (what `ossa materialize` syncs)."""
+    from ossa_assets.lib.graph_store import open_graph_store
+
+    uri = os.environ.get("OSSA_NEO4J_URI")
+    if uri:
+        return lambda: open_graph_store("bolt", uri=uri, user=os.environ.get("OSSA_NEO4J_USER"),
+                                        password=os.environ.get("OSSA_NEO4J_PASSWORD"))
+    return lambda: open_graph_store("embedded", data_dir=root / "graph")

@@ -1,0 +1,355 @@
+"""The serving runtime over real HTTP: a real (tiny, untrained) ONNX decoder behind each route,
+a real local Qdrant index embedded by the packaged MiniLM model. No Dagster."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+
+TEXTS = ["openapi: 3.0.0\ninfo:\n  title: Pets\npaths:\n  /pets:\n    get: {}\n",
+         "stages: [build, test]\nunit-tests:\n  stage: test\n  script: [pytest]\n",
+         "<UANodeSet><UAVariable NodeId='ns=1;i=1' BrowseName='Temperature'/></UANodeSet>"] * 20
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    from ossa_assets.lib import embeddings
+    from ossa_assets.lib.deployment import (
+        DeploymentState,
+        RouteSpec,
+        SearchIndex,
+        SearchSpec,
+        state_path,
+        write_state,
+    )
+    from ossa_assets.lib.domains import REGISTRY
+    from ossa_assets.lib.modeling import build_llama, train_tokenizer
+    from ossa_assets.lib.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("serve")
+    engine = root / "engine"
+    engine.mkdir()
+    tok = train_tokenizer(TEXTS, vocab_size=400, model_max_length=64)
+    model = build_llama(tok, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "num_key_value_heads": 2,
+                              "max_position_embeddings": 64}, seed=0)
+    model.save_pretrained(root / "hf")
+    tok.save_pretrained(root / "hf")
+    tok.save_pretrained(engine)
+    export_onnx(root / "hf", engine / "model.onnx")
+
+    qpath = root / "qdrant"
+    client = embeddings.open_qdrant(path=str(qpath))
+    mini = embeddings.packaged_minilm_path()
+    embedder = embeddings.load_embedder(mini, 128)
+    ver = embeddings.model_version(mini)
+    indexes = {}
+    for kind in ("docs", "code", "capability"):
+        coll = f"{kind}-v1"
+        embeddings.ensure_collection(client, coll, embedder.get_embedding_dimension(),
+                                     {"model_path": mini, "max_seq_length": 128, "model_version": ver,
+                                      "model_lineage_id": f"embeddings/{kind}@1"})
+        recs = [embeddings.IndexRecord(t, {"domain": d.name, "source": "s", "unit_id": f"{kind}:{i}"})
+                for i, (t, d) in enumerate(zip(TEXTS[:3], REGISTRY))]
+        embeddings.embed_and_upsert(client, embedder, coll, recs, ver)
+        embeddings.point_alias(client, kind, coll)
+        indexes[kind] = SearchIndex(collection=coll, lineage_id=f"embeddings/vector_index[{kind}]@1", alias=kind,
+                                    model_version=ver)
+    client.close()
+    routes = {d.route: RouteSpec(domain=d.name, model_version=f"{d.name}-v1", engine_path=str(engine),
+                                 lineage_id=f"quantize/int8_model[{d.name}]@1", model_file="model.onnx",
+                                 engine="onnxruntime-fp32") for d in REGISTRY}
+    state = DeploymentState(version="v1", lineage_id="serving/deployment@1", routes=routes,
+                            search=SearchSpec(path=str(qpath), indexes=indexes))
+    path = write_state(state_path(root), state)
+    return SimpleNamespace(root=root, state=path, qdrant=qpath, engine=engine)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(deployment):
+    from ossa_serving import create_app
+    from ossa_serving.cli import make_server
+    from ossa_serving.settings import Settings
+
+    settings = Settings(state_path=deployment.state, max_queue=8, request_timeout_s=20.0, search_poll_s=0.2)
+    app = create_app(settings=settings)
+    port = _port()
+    srv = make_server(app, "127.0.0.1", port, log_level="warning")
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(600):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
+    srv.should_exit = True
+    t.join(timeout=10)
+
+
+def test_the_runtime_does_not_import_dagster():
+    code = "import sys, ossa_serving, ossa_serving.app, ossa_serving.cli; print('dagster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_deployment_state_round_trips_and_refuses_what_it_cannot_serve(deployment, tmp_path):
+    from ossa_assets.lib.deployment import DeploymentError, DeploymentState, read_state
+
+    state = read_state(deployment.state)
+    assert DeploymentState.from_dict(json.loads(state.to_json())) == state
+    assert read_state(tmp_path / "none.json") is None
+    bad = json.loads(state.to_json())
+    bad["routes"]["/nope/v1"] = bad["routes"]["/api-model/v1"]
+    with pytest.raises(DeploymentError, match="unknown route '/nope/v1'"):
+        DeploymentState.from_dict(bad)
+    bad = json.loads(state.to_json())
+    del bad["routes"]["/api-model/v1"]["engine_path"]
+    with pytest.raises(DeploymentError, match="routes./api-model/v1.*engine_path"):
+        DeploymentState.from_dict(bad)
+
+
+def test_generation_is_batched_and_matches_one_request_alone(server):
+    import httpx
+
+    body = {"prompt": "stages:", "max_new_tokens": 8}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert c.get("/ready").status_code == 200
+        alone = c.post("/devops-model/v1", json={**body, "prompt": "stages: [x]"}).json()
+    prompts = [f"stages: [{i}]" for i in range(12)] + ["stages: [x]"]
+
+    def one(p):
+        return httpx.post(server.url + "/devops-model/v1", json={**body, "prompt": p}, timeout=60)
+
+    with ThreadPoolExecutor(13) as pool:
+        answers = list(pool.map(one, prompts))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    # right-padded batching gives exactly the tokens the request gets alone
+    together = answers[-1].json()
+    assert together["completion"] == alone["completion"]
+    assert together["cached"] or together["completion_tokens"] == alone["completion_tokens"]
+    metrics = httpx.get(server.url + "/metrics").text
+    sizes = [line for line in metrics.splitlines() if line.startswith("ossa_batch_size_count")]
+    batches = sum(float(line.split()[-1]) for line in sizes if "devops" in line)
+    assert 1 <= batches < 13, sizes  # 13 requests did not run as 13 batches of one
+    assert 'ossa_model_info{lineage_id="quantize/int8_model[devops_workflow]@1"' in metrics
+
+
+def test_sampling_is_seeded_and_stop_sequences_cut(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        req = {"prompt": "openapi:", "max_new_tokens": 12, "temperature": 1.0, "top_p": 0.9, "seed": 7}
+        a, b = c.post("/api-model/v1", json=req).json(), c.post("/api-model/v1", json={**req, "stop": []}).json()
+        assert a["completion"] == b["completion"]
+        other = c.post("/api-model/v1", json={**req, "seed": 8}).json()
+        greedy = c.post("/api-model/v1", json={"prompt": "openapi:", "max_new_tokens": 12}).json()
+        assert len({a["completion"], other["completion"], greedy["completion"]}) >= 2
+        if len(greedy["completion"]) > 2:
+            stop = greedy["completion"][1:3]
+            cut = c.post("/api-model/v1", json={"prompt": "openapi:", "max_new_tokens": 12, "stop": [stop]}).json()
+            assert cut["finish_reason"] == "stop" and stop not in cut["completion"]
+        long = c.post("/api-model/v1", json={"prompt": "stages: " * 200, "max_new_tokens": 4}).json()
+        assert long["prompt_truncated"] and long["prompt_tokens"] <= 60
+
+
+def test_embeddings_and_search(server):
+    import httpx
+    import numpy as np
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/embeddings", json={"input": ["list pets", "run the tests"], "model": "docs"})
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        v = np.array([d["embedding"] for d in data])
+        assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+        short = c.post("/v1/embeddings", json={"input": "list pets", "model": "docs", "dimensions": 64}).json()
+        s = np.array(short["data"][0]["embedding"])
+        assert s.shape == (64,) and np.allclose(np.linalg.norm(s), 1, atol=1e-5)
+        assert np.allclose(s, v[0, :64] / np.linalg.norm(v[0, :64]), atol=1e-5)  # a Matryoshka prefix
+        too = c.post("/v1/embeddings", json={"input": "x", "model": "docs", "dimensions": 4096})
+        assert too.status_code == 422 and "384" in too.json()["error"]
+        assert c.post("/v1/embeddings", json={"input": "x", "model": "images"}).status_code == 422
+        hits = c.post("/v1/search", json={"query": "UAVariable Temperature", "limit": 2,
+                                          "domain": "industrial_protocol"}).json()
+        assert hits["hits"] and all(h["domain"] == "industrial_protocol" for h in hits["hits"])
+        assert hits["lineage_id"] == "embeddings/vector_index[docs]@1" and hits["collection"] == "docs-v1"
+
+
+def test_search_serves_while_a_rebuild_holds_the_store_and_follows_the_alias(server, deployment):
+    import httpx
+
+    from ossa_assets.lib import embeddings
+
+    # another process holding local Qdrant (a materialization) blocks nothing
+    client = embeddings.open_qdrant(path=str(deployment.qdrant))
+    try:
+        t = time.perf_counter()
+        r = httpx.post(server.url + "/v1/search", json={"query": "pets", "limit": 1}, timeout=30)
+        assert r.status_code == 200 and time.perf_counter() - t < 2
+        # the rebuild makes a new collection and moves the alias
+        mini = embeddings.packaged_minilm_path()
+        embedder = embeddings.load_embedder(mini, 128)
+        embeddings.ensure_collection(client, "docs-v2", 384, {**embeddings.collection_metadata(client, "docs-v1"),
+                                                               "model_lineage_id": "embeddings/docs@2"})
+        embeddings.embed_and_upsert(client, embedder, "docs-v2",
+                                    [embeddings.IndexRecord("a brand new document", {"domain": "api_spec"})],
+                                    embeddings.model_version(mini))
+        embeddings.point_alias(client, "docs", "docs-v2")
+    finally:
+        client.close()
+    for _ in range(100):
+        body = httpx.post(server.url + "/v1/search", json={"query": "new", "limit": 3}, timeout=30).json()
+        if body.get("collection") == "docs-v2":
+            break
+        time.sleep(0.1)
+    assert body["collection"] == "docs-v2" and len(body["hits"]) == 1
+    assert body["lineage_id"] == "embeddings/docs@2"  # after an alias move: the collection's model
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "needle"),
+    [
+        ("POST", "/api-model/v1", {"json": {}}, 422, "prompt"),
+        ("POST", "/api-model/v1", {"json": {"prompt": "x", "max_new_tokens": 100000}}, 422, "max_new_tokens"),
+        ("POST", "/api-model/v1", {"json": {"prompt": "x", "temperature": 5}}, 422, "temperature"),
+        ("POST", "/api-model/v1", {"content": b"\xff\xfe{", "headers": {"content-type": "application/json"}}, 400,
+         "error parsing the body"),  # not UTF-8
+        ("POST", "/api-model/v1", {"content": "{not json", "headers": {"content-type": "application/json"}}, 422,
+         "invalid"),
+        ("POST", "/api-model/v1", {"content": "prompt=x", "headers": {"content-type": "text/plain"}}, 415,
+         "application/json"),
+        ("POST", "/api-model/v1", {"content": b"x" * 300_000, "headers": {"content-type": "application/json"}},
+         413, "limit"),
+        ("GET", "/api-model/v1", {}, 405, "Method Not Allowed"),
+        ("POST", "/nope/v1", {"json": {}}, 404, "Not Found"),
+    ],
+)
+def test_bad_input_gets_a_json_4xx(server, method, path, kwargs, status, needle):
+    import httpx
+
+    r = httpx.request(method, server.url + path, timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    assert needle in json.dumps(r.json()) and "Traceback" not in r.text
+    if status == 405:
+        assert r.headers["allow"] == "POST"
+
+
+def test_overload_is_refused_fast_with_429_and_retry_after(deployment):
+    import httpx
+
+    from ossa_serving import create_app
+    from ossa_serving.cli import make_server
+    from ossa_serving.settings import Settings
+
+    # batches of 2, 2 waiting: 40 long generations at once overflow it; none may time out or 5xx
+    settings = Settings(state_path=deployment.state, max_batch=2, max_queue=2, search_poll_s=60)
+    port = _port()
+    srv = make_server(create_app(settings=settings), "127.0.0.1", port, log_level="warning")
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(600):
+        if srv.started:
+            break
+        time.sleep(0.05)
+
+    def one(i):
+        return httpx.post(f"http://127.0.0.1:{port}/protocol-model/v1",
+                          json={"prompt": f"<UANodeSet> {i}", "max_new_tokens": 48}, timeout=60)
+
+    try:
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(one, range(40)))
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
+    codes = [a.status_code for a in answers]
+    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
+    assert all(a.headers.get("retry-after") == "1" for a in answers if a.status_code == 429)
+    assert all("capacity" in a.json()["error"] for a in answers if a.status_code == 429)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(deployment, tmp_path):
+    import signal
+
+    import httpx
+
+    port = _port()
+    env = {**__import__("os").environ, "OSSA_SERVE_MAX_QUEUE": "64"}
+    proc = subprocess.Popen([sys.executable, "-m", "ossa_serving", "--port", str(port), "--state",
+                             str(deployment.state)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        with ThreadPoolExecutor(8) as pool:
+            futs = [pool.submit(httpx.post, base + "/api-model/v1",
+                                json={"prompt": f"paths {i}", "max_new_tokens": 48}, timeout=60) for i in range(6)]
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            late = None
+            try:
+                late = httpx.get(base + "/ready", timeout=5)
+            except httpx.HTTPError:
+                pass  # already closed: also refused
+            done = [f.result() for f in futs]
+        assert [d.status_code for d in done] == [200] * 6  # in-flight requests finished
+        assert late is None or late.status_code == 503
+        # uvicorn re-raises the signal it caught once it has shut down: a SIGTERM exit, after the drain
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_response_cache_keys_on_the_model_version_in_redis(deployment, tmp_path):
+    """The real Redis on 127.0.0.1:6379."""
+    import httpx
+    import redis
+
+    from ossa_serving import create_app
+    from ossa_serving.cli import make_server
+    from ossa_serving.settings import Settings
+
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    r.ping()
+    settings = Settings(state_path=deployment.state, cache_url="redis://127.0.0.1:6379/0")
+    app = create_app(settings=settings)
+    port = _port()
+    srv = make_server(app, "127.0.0.1", port, log_level="warning")
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    try:
+        for _ in range(600):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        req = {"prompt": f"cache me {time.time()}", "max_new_tokens": 3}
+        first = httpx.post(f"http://127.0.0.1:{port}/api-model/v1", json=req, timeout=30).json()
+        again = httpx.post(f"http://127.0.0.1:{port}/api-model/v1", json=req, timeout=30).json()
+        assert not first["cached"] and again["cached"] and again["completion"] == first["completion"]
+        assert again["model_version"] == "api_spec-v1"
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
