@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+
+
+def _json_int(v):
+    """JSON Schema's integer: 8 and 8.0, never true or "8" (pydantic's lax mode would coerce)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("must be an integer")
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError("must be an integer")
+    return int(v)
+
+
+def _json_number(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("must be a number")
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 
 MAX_PROMPT_CHARS = 8000
 MAX_NEW_TOKENS = 256
@@ -22,10 +41,10 @@ class GenerateRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS,
                         description="Text to continue. A prompt longer than the model's context window is "
                         "left-truncated to it (`prompt_truncated` in the answer), never refused.")
-    max_new_tokens: int = Field(default=32, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling (temperature > 0).")
-    seed: Optional[int] = Field(default=None, ge=0, le=2**63 - 1,
+    max_new_tokens: JsonInt = Field(default=32, ge=1, le=MAX_NEW_TOKENS)
+    temperature: JsonFloat = Field(default=0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
+    top_p: JsonFloat = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling (temperature > 0).")
+    seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_json_int)]] = Field(default=None,
                                 description="Makes sampling repeatable; unset: a fresh seed per request.")
     stop: list[str] = Field(default_factory=list, max_length=4,
                             description="Generation ends before the first of these strings.")
@@ -50,7 +69,7 @@ class SearchRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     query: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    limit: int = Field(default=5, ge=1, le=50)
+    limit: JsonInt = Field(default=5, ge=1, le=50)
     index: Literal["docs", "code", "capability"] = Field(
         default="docs", description="docs: every curated document; code: specs, NodeSets, pipelines; "
         "capability: operations, OPC UA methods and CI jobs an agent can call.")
@@ -58,14 +77,22 @@ class SearchRequest(BaseModel):
     source: Optional[str] = Field(default=None, max_length=200)
 
 
+# the largest valid body (64 x 2000 characters, JSON-escaped) fits under the server's body limit
+MAX_EMBED_INPUTS = 64
+MAX_EMBED_CHARS = 2000  # the embedders read 128 tokens (~500 characters) of each
+Text = Annotated[str, Field(min_length=1, max_length=MAX_EMBED_CHARS)]
+
+
 class EmbeddingsRequest(BaseModel):
     """OpenAI's shape: `input` one string or a list, `model` one of the trained embedding models."""
 
     model_config = {"extra": "forbid"}
 
-    input: Union[str, list[str]] = Field(description="A string or up to 256 strings.")
+    input: Union[Text, Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]] = Field(
+        description=f"A string or up to {MAX_EMBED_INPUTS} strings.")
     model: Literal["code", "docs", "capability"]
-    dimensions: Optional[int] = Field(default=None, ge=1, le=4096,
+    dimensions: Optional[Annotated[int, Field(ge=1, le=4096), BeforeValidator(_json_int)]] = Field(default=None,
                                       description="A Matryoshka prefix of the vector, re-normalized; "
-                                      "at most the model's dimension.")
+                                      "a value at or above the model's width returns the whole vector "
+                                      "(the answer's `dimensions` says how many).")
     encoding_format: Literal["float"] = "float"

@@ -29,7 +29,9 @@ class Settings:
     max_queue_delay_ms: float = 2.0
     max_queue: int = 128  # per engine; beyond it: 429 + Retry-After
     request_timeout_s: float = 10.0  # per-request deadline: 504 when missed
-    max_body_bytes: int = 256 * 1024  # 413 beyond it, before the body is read
+    # 413 beyond it, before the body is read; above the largest valid body (64 embedding
+    # inputs of 2000 characters, each escaped to up to 12 bytes)
+    max_body_bytes: int = 2 * 1024 * 1024
     intra_op_threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     search_poll_s: float = 1.0  # how often the search copy checks for a moved alias
     graph_factory: Callable[[], Any] | None = None
