@@ -15,63 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-TEXTS = ["openapi: 3.0.0\ninfo:\n  title: Pets\npaths:\n  /pets:\n    get: {}\n",
-         "stages: [build, test]\nunit-tests:\n  stage: test\n  script: [pytest]\n",
-         "<UANodeSet><UAVariable NodeId='ns=1;i=1' BrowseName='Temperature'/></UANodeSet>"] * 20
-
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    from ossa_assets.lib import embeddings
-    from ossa_assets.lib.deployment import (
-        DeploymentState,
-        RouteSpec,
-        SearchIndex,
-        SearchSpec,
-        state_path,
-        write_state,
-    )
-    from ossa_assets.lib.domains import REGISTRY
-    from ossa_assets.lib.modeling import build_llama, train_tokenizer
-    from ossa_assets.lib.onnx_export import export_onnx
+    from tests.serving.deployment import build_deployment
 
-    root = tmp_path_factory.mktemp("serve")
-    engine = root / "engine"
-    engine.mkdir()
-    tok = train_tokenizer(TEXTS, vocab_size=400, model_max_length=64)
-    model = build_llama(tok, {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                              "num_attention_heads": 2, "num_key_value_heads": 2,
-                              "max_position_embeddings": 64}, seed=0)
-    model.save_pretrained(root / "hf")
-    tok.save_pretrained(root / "hf")
-    tok.save_pretrained(engine)
-    export_onnx(root / "hf", engine / "model.onnx")
-
-    qpath = root / "qdrant"
-    client = embeddings.open_qdrant(path=str(qpath))
-    mini = embeddings.packaged_minilm_path()
-    embedder = embeddings.load_embedder(mini, 128)
-    ver = embeddings.model_version(mini)
-    indexes = {}
-    for kind in ("docs", "code", "capability"):
-        coll = f"{kind}-v1"
-        embeddings.ensure_collection(client, coll, embedder.get_embedding_dimension(),
-                                     {"model_path": mini, "max_seq_length": 128, "model_version": ver,
-                                      "model_lineage_id": f"embeddings/{kind}@1"})
-        recs = [embeddings.IndexRecord(t, {"domain": d.name, "source": "s", "unit_id": f"{kind}:{i}"})
-                for i, (t, d) in enumerate(zip(TEXTS[:3], REGISTRY))]
-        embeddings.embed_and_upsert(client, embedder, coll, recs, ver)
-        embeddings.point_alias(client, kind, coll)
-        indexes[kind] = SearchIndex(collection=coll, lineage_id=f"embeddings/vector_index[{kind}]@1", alias=kind,
-                                    model_version=ver)
-    client.close()
-    routes = {d.route: RouteSpec(domain=d.name, model_version=f"{d.name}-v1", engine_path=str(engine),
-                                 lineage_id=f"quantize/int8_model[{d.name}]@1", model_file="model.onnx",
-                                 engine="onnxruntime-fp32") for d in REGISTRY}
-    state = DeploymentState(version="v1", lineage_id="serving/deployment@1", routes=routes,
-                            search=SearchSpec(path=str(qpath), indexes=indexes))
-    path = write_state(state_path(root), state)
-    return SimpleNamespace(root=root, state=path, qdrant=qpath, engine=engine)
+    return build_deployment(tmp_path_factory.mktemp("serve"))
 
 
 def _port() -> int:

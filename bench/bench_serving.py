@@ -1,0 +1,161 @@
+"""The serving runtime under load, against the naive server it replaced, in one run.
+
+    .venv/bin/python bench/bench_serving.py [--seconds 5] [--repeats 3]
+
+Builds a servable deployment like `make run`'s (configs/tiny.yaml's decoder, int8, untrained
+weights: speed does not depend on them; the packaged MiniLM as the embedding model, whose
+production counterparts add a projection), starts each server as its own process and drives
+it with bench/loadgen.py (closed loop, keep-alive, fresh prompts) on the same 2 cores. Reports
+medians of `--repeats` runs and the load generator's own CPU share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from verdict import Verdicts  # noqa: E402
+
+GEN = '{"prompt": "openapi: 3.0.0 request {n}", "max_new_tokens": 16}'
+EMB = '{"input": "list the pets of owner {n}", "model": "docs"}'
+SEARCH = '{"query": "run the unit tests {n}", "limit": 5}'
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(state: Path, naive: bool, env: dict) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _port()
+    cmd = [sys.executable, "-m", "ossa_serving", "--port", str(port), "--state", str(state)]
+    proc = subprocess.Popen(cmd + (["--naive"] if naive else []), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    probe = "/health" if naive else "/ready"
+    for _ in range(1200):
+        try:
+            if httpx.get(url + probe, timeout=2).status_code == 200:
+                # naive: its engines load on the first request; warm them outside the measurement
+                httpx.post(url + "/api-model/v1", json={"prompt": "warm", "max_new_tokens": 2}, timeout=60)
+                httpx.post(url + "/v1/search", json={"query": "warm"}, timeout=60)
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def load(url: str, path: str, body: str, conns: int, seconds: float, timeout_s: float = 10.0) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "loadgen.py"), url, path, body, str(conns),
+                          str(seconds), str(timeout_s)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_of(runs: list[dict]) -> dict:
+    keys = ("ok_rps", "rps", "p50_ms", "p99_ms", "cpu_s", "seconds")
+    m = {k: statistics.median([r[k] for r in runs if r[k] is not None] or [float("nan")]) for k in keys}
+    m["timeouts"] = sum(r["timeouts"] for r in runs)
+    m["status"] = {}
+    for r in runs:
+        for k, v in r["status"].items():
+            m["status"][k] = m["status"].get(k, 0) + v
+    m["retry_after"] = sum(r["retry_after"] for r in runs)
+    m["loadgen_cpu_share"] = m["cpu_s"] / (m["seconds"] * (os.cpu_count() or 1))
+    return m
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    from tests.serving.deployment import build_deployment, tiny_arch
+
+    arch, vocab = tiny_arch()
+    sample = [p.read_text(errors="replace") for p in (ROOT / "ossa_assets" / "corpora" / "sample").rglob("*")
+              if p.is_file()]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
+    t = time.perf_counter()
+    dep = build_deployment(tmp, arch=arch, vocab_size=vocab, int8=True, points=1000, texts=sample)
+    print(f"deployment built in {time.perf_counter() - t:.1f}s: tiny decoder {arch}, int8; 1000 points per index")
+    env = {**os.environ, "OSSA_DATA_ROOT": str(tmp)}
+
+    results: dict[str, dict] = {}
+
+    def run(name, url, path, body, conns, timeout_s=10.0):
+        runs = [load(url, path, body, conns, args.seconds, timeout_s) for _ in range(args.repeats)]
+        m = results[name] = median_of(runs)
+        print(f"{name:34s} {m['ok_rps']:8.1f} ok req/s  p50 {m['p50_ms']:7.2f} ms  p99 {m['p99_ms']:7.2f} ms  "
+              f"statuses {m['status']}  timeouts {m['timeouts']}  loadgen cpu {m['loadgen_cpu_share']:.0%}", flush=True)
+
+    proc, url = start(dep.state, naive=True, env=env)
+    try:
+        run("naive generate 1 conn", url, "/api-model/v1", GEN, 1)
+        run("naive generate 16 conns", url, "/api-model/v1", GEN, 16)
+        run("naive search 16 conns", url, "/v1/search", SEARCH, 16)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    proc, url = start(dep.state, naive=False, env=env)
+    try:
+        run("generate 1 conn", url, "/api-model/v1", GEN, 1)
+        run("generate 16 conns", url, "/api-model/v1", GEN, 16)
+        run("generate 64 conns", url, "/api-model/v1", GEN, 64)
+        run("embeddings 1 conn", url, "/v1/embeddings", EMB, 1)
+        run("embeddings 64 conns", url, "/v1/embeddings", EMB, 64)
+        run("search 16 conns", url, "/v1/search", SEARCH, 16)
+        run("search 64 conns", url, "/v1/search", SEARCH, 64)
+        run("overload: generate 512 conns", url, "/api-model/v1", GEN, 512, timeout_s=30.0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    r = results
+    v = Verdicts()
+    g64, g16, n16 = r["generate 64 conns"], r["generate 16 conns"], r["naive generate 16 conns"]
+    v.at_least("/api-model/v1 req/s at 64 connections", g64["ok_rps"], 1000)
+    v.at_most("/api-model/v1 p99 at 64 connections", g64["p99_ms"], 100, " ms")
+    v.at_least("/api-model/v1 at 16 connections / naive server at 16", g16["ok_rps"] / max(n16["ok_rps"], 1e-9), 5)
+    e64 = r["embeddings 64 conns"]
+    v.at_least("/v1/embeddings req/s at 64 connections", e64["ok_rps"], 1000)
+    v.at_most("/v1/embeddings p99 at 64 connections", e64["p99_ms"], 100, " ms")
+    v.at_least("/v1/embeddings / infinity-emb throughput at equal p99", None, 1.0)  # infinity-emb: not installed
+    s64 = r["search 64 conns"]
+    v.at_least("/v1/search req/s at 64 connections", s64["ok_rps"], 300)
+    v.at_most("/v1/search p99 at 64 connections", s64["p99_ms"], 100, " ms")
+    o = r["overload: generate 512 conns"]
+    fivexx = sum(n for k, n in o["status"].items() if k.startswith("5"))
+    refused = o["status"].get("429", 0)
+    v.at_most("overload: timeouts", o["timeouts"], 0)
+    v.at_most("overload: 5xx answers", fivexx, 0)
+    v.at_least("overload: share of 429s carrying Retry-After", o["retry_after"] / refused if refused else None, 1.0)
+    v.at_most("overload: admitted p99 / 16-connection p99", o["p99_ms"] / g16["p99_ms"], 2.0)
+    tps = g64["ok_rps"] * 16 / (os.cpu_count() or 1)
+    print(f"\ngeneration: {tps:.0f} new tokens/s per core at 64 connections "
+          f"(naive at 16: {n16['ok_rps'] * 16 / (os.cpu_count() or 1):.0f}); "
+          f"search naive 16 conns {r['naive search 16 conns']['ok_rps']:.1f} req/s vs {r['search 16 conns']['ok_rps']:.1f}")
+    return v.report()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""A small closed-loop HTTP/1.1 load generator (wrk is not installable here): N keep-alive
+connections, each sending its next request when the previous answer arrived, for D seconds.
+
+    python bench/loadgen.py URL PATH BODY_TEMPLATE CONNECTIONS SECONDS [TIMEOUT_S]
+
+BODY_TEMPLATE's "{n}" becomes a counter, so every request is fresh (no cache hits). Prints one
+JSON line: requests/s, p50/p99 latency of 200s, counts by status, timeouts, 429s carrying
+Retry-After, and this process's own CPU seconds (its share of the machine is reported beside
+the figures: the generator runs on the same 2 cores as the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from urllib.parse import urlparse
+
+
+async def worker(host, port, path, template, stop_at, timeout_s, out, counter):
+    reader = writer = None
+    while time.perf_counter() < stop_at:
+        if writer is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        counter[0] += 1
+        body = template.replace("{n}", str(counter[0])).encode()
+        req = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        t0 = time.perf_counter()
+        try:
+            writer.write(req)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), timeout_s)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            out["timeouts"] += 1
+            writer.close()
+            writer = None
+            continue
+        dt = time.perf_counter() - t0
+        out["status"][status] += 1
+        if status == 200:
+            out["lat"].append(dt)
+        elif status == 429 and "retry-after" in headers:
+            out["retry_after"] += 1
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def main(url, path, template, conns, seconds, timeout_s):
+    u = urlparse(url)
+    out = {"lat": [], "status": Counter(), "timeouts": 0, "retry_after": 0}
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    counter = [0]
+    await asyncio.gather(*(worker(u.hostname, u.port, path, template, stop_at, timeout_s, out, counter)
+                           for _ in range(conns)))
+    wall = time.perf_counter() - t0
+    lat = sorted(out["lat"])
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
+
+    total = sum(out["status"].values())
+    print(json.dumps({"connections": conns, "seconds": round(wall, 2), "ok_rps": round(len(lat) / wall, 1),
+                      "rps": round(total / wall, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+                      "status": {str(k): v for k, v in out["status"].items()}, "timeouts": out["timeouts"],
+                      "retry_after": out["retry_after"], "cpu_s": round(ru.ru_utime + ru.ru_stime, 2)}))
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    asyncio.run(main(a[0], a[1], a[2], int(a[3]), float(a[4]), float(a[5]) if len(a) > 5 else 10.0))
