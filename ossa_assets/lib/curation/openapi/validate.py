@@ -3,6 +3,7 @@ specification text that its bundled JSON Schemas miss."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -87,6 +88,10 @@ def _validator_class(kind: str) -> type:
     raises KeyError/AttributeError on a scalar one)."""
     if kind in _VALIDATORS:
         return _VALIDATORS[kind]
+    # openapi-spec-validator 0.9 switches to jsonschema-rs whenever that package is installed
+    # ("auto"), and its messages differ ('"version" is ...' for "'version' is ..."): a test
+    # tool (schemathesis brings jsonschema-rs) must not change what curation says. Read per call.
+    os.environ["OPENAPI_SPEC_VALIDATOR_SCHEMA_VALIDATOR_BACKEND"] = "jsonschema"
     import openapi_spec_validator as osv
 
     base = {
