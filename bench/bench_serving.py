@@ -98,6 +98,14 @@ def main() -> int:
     dep = build_deployment(tmp, arch=arch, vocab_size=vocab, int8=True, points=1000, texts=sample)
     print(f"deployment built in {time.perf_counter() - t:.1f}s: tiny decoder {arch}, int8; 1000 points per index")
     env = {**os.environ, "OSSA_DATA_ROOT": str(tmp)}
+    # the same engines without their KV-cache graph: the runtime recomputes every context per step
+    import dataclasses
+
+    from ossa_assets.lib.deployment import read_state, write_state
+
+    st = read_state(dep.state)
+    nokv = write_state(tmp / "serving" / "deployment_nokv.json", dataclasses.replace(
+        st, routes={r: dataclasses.replace(s, kv_model_file=None) for r, s in st.routes.items()}))
 
     results: dict[str, dict] = {}
 
@@ -112,6 +120,14 @@ def main() -> int:
         run("naive generate 1 conn", url, "/api-model/v1", GEN, 1)
         run("naive generate 16 conns", url, "/api-model/v1", GEN, 16)
         run("naive search 16 conns", url, "/v1/search", SEARCH, 16)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    proc, url = start(nokv, naive=False, env=env)
+    try:
+        run("no KV cache: generate 16 conns", url, "/api-model/v1", GEN, 16)
+        run("no KV cache: generate 64 conns", url, "/api-model/v1", GEN, 64)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -150,6 +166,8 @@ def main() -> int:
     v.at_most("overload: 5xx answers", fivexx, 0)
     v.at_least("overload: share of 429s carrying Retry-After", o["retry_after"] / refused if refused else None, 1.0)
     v.at_most("overload: admitted p99 / 16-connection p99", o["p99_ms"] / g16["p99_ms"], 2.0)
+    print(f"\nKV cache / recompute at 64 connections: {g64['ok_rps'] / max(r['no KV cache: generate 64 conns']['ok_rps'], 1e-9):.2f}x"
+          f" (16: {g16['ok_rps'] / max(r['no KV cache: generate 16 conns']['ok_rps'], 1e-9):.2f}x)")
     tps = g64["ok_rps"] * 16 / (os.cpu_count() or 1)
     print(f"\ngeneration: {tps:.0f} new tokens/s per core at 64 connections "
           f"(naive at 16: {n16['ok_rps'] * 16 / (os.cpu_count() or 1):.0f}); "

@@ -222,7 +222,8 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             "deployment_lineage_id": state.lineage_id if state else None,
             "models": [
                 {"route": r.route, "domain": r.domain, "model_version": r.model_version, "lineage_id": r.lineage_id,
-                 "engine": state.routes[r.route].engine, "capabilities": ["generate"]}
+                 "engine": state.routes[r.route].engine, "kv_cache": type(r.engine).__name__ == "KVGenerationEngine",
+                 "capabilities": ["generate"]}
                 for r in sorted(watcher.routes.values(), key=lambda r: r.route)
             ],
             "search": {

@@ -3,10 +3,12 @@
 Generation is batched at the decoding step (continuous batching, as vLLM and TGI do): one
 inference thread per engine runs one forward pass for every active sequence, appends each
 one's next token, lets finished sequences leave and queued requests join between steps. The
-exported decoder has no KV-cache inputs yet (lib/onnx_export.py exports logits only), so each
-step recomputes every active context; batching is what makes the step cheap per request.
-Sequences are right-padded: positions stay exact and each row's logits are read at its own
-last real token (the model is causal, so padding after a token cannot change it).
+engines export the decoding step with its KV cache (lib/onnx_export.py export_onnx_kv): the
+running batch's cache stays in memory, joiners are prefilled together and merged in
+(KVGenerationEngine). An engine without that file (built before it existed) falls back to
+recomputing every active context each step (GenerationEngine): right-padded, each row's
+logits read at its own last real token (the model is causal, so padding after it cannot
+change it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ossa_assets.lib.onnx_runtime import merge_caches, select_rows
 from ossa_serving.batching import Batcher, DeadlineExceeded, Job, JobQueue
 
 log = logging.getLogger("ossa.serving")
@@ -170,6 +173,95 @@ class GenerationEngine:
         self._thread.join(timeout=5)
 
 
+class KVGenerationEngine(GenerationEngine):
+    """Continuous batching over a KV-cached decoder: the running batch's cache stays in
+    memory between steps; joiners are prefilled (one call for all of them) and merged in,
+    finished rows leave, and each step feeds one token per row."""
+
+    def __init__(self, *args, **kwargs):
+        self.cache: list = []
+        self.mask = None
+        self.pending: list[int] = []  # per active row: the token chosen but not yet in the cache
+        super().__init__(*args, **kwargs)
+
+    def _accept(self, s: _Seq, logits_row) -> bool:
+        """Choose the row's next token; False when the sequence finished with it."""
+        tok = choose_token(logits_row, s.params, s.rng)
+        s.new.append(tok)
+        if self.eos is not None and tok == self.eos:
+            self._finish(s, "eos")
+            return False
+        if s.params.stop:
+            text = self.tokenizer.decode(s.new, skip_special_tokens=True)
+            cut = min((text.find(x) for x in s.params.stop if x in text), default=-1)
+            if cut >= 0:
+                self._finish(s, "stop", text[:cut])
+                return False
+        if len(s.new) >= s.params.max_new_tokens:
+            self._finish(s, "length")
+            return False
+        return True
+
+    def _live(self, s: _Seq, now: float) -> bool:
+        if s.job.future.cancelled() or s.job.future.done():
+            return False
+        if now > s.job.deadline:
+            s.job.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed while generating"))
+            return False
+        return True
+
+    def step(self) -> None:
+        now = time.monotonic()
+        keep: list[int] = []
+        if self.active and self.mask is not None and len(self.pending) == len(self.active):
+            logits, self.cache, self.mask = self.lm.decode(self.pending, self.cache, self.mask)
+            if self.metrics:
+                self.metrics.tokens(self.name, len(self.active))
+            for r, s in enumerate(self.active):
+                if self._live(s, now) and self._accept(s, logits[r]):
+                    keep.append(r)
+            self.active = [self.active[r] for r in keep]
+            self.pending = [s.new[-1] for s in self.active]
+            if self.active:
+                self.cache, self.mask = select_rows(self.cache, self.mask, keep)
+            else:
+                self.cache, self.mask = [], None
+
+    def _loop(self) -> None:
+        while not self.queue.closed:
+            try:
+                before = len(self.active)
+                self._admit(block=not self.active)
+                joiners = self.active[before:]
+                self.active = self.active[:before]
+                if joiners:
+                    self._prefill(joiners)
+                if self.active:
+                    self.step()
+            except Exception as e:  # a failed step fails its sequences; the engine keeps serving
+                log.exception("%s: decoding step failed", self.name)
+                for s in self.active:
+                    if not s.job.future.done():
+                        s.job.future.set_exception(e)
+                self.active, self.pending, self.cache, self.mask = [], [], [], None
+
+    def _prefill(self, joiners: list[_Seq]) -> None:
+        logits, cache, mask = self.lm.prefill([s.ids for s in joiners])
+        if self.metrics:
+            self.metrics.tokens(self.name, len(joiners))
+        now = time.monotonic()
+        rows = [r for r, s in enumerate(joiners) if self._live(s, now) and self._accept(s, logits[r])]
+        if not rows:
+            return
+        cache, mask = select_rows(cache, mask, rows)
+        if self.mask is None:
+            self.cache, self.mask = cache, mask
+        else:
+            self.cache, self.mask = merge_caches((self.cache, self.mask), (cache, mask))
+        self.active += [joiners[r] for r in rows]
+        self.pending += [joiners[r].new[-1] for r in rows]
+
+
 def session_options(threads: int):
     import onnxruntime as ort
 
@@ -194,14 +286,19 @@ def load_route(route: str, spec: Any, settings: Any, metrics: Any = None) -> Loa
     """Load and warm one route's engine (one forward pass before it takes traffic)."""
     from ossa_assets.lib.domains import domain
     from ossa_assets.lib.modeling import load_tokenizer
-    from ossa_assets.lib.onnx_runtime import OnnxCausalLM
+    from ossa_assets.lib.onnx_runtime import KVCausalLM, OnnxCausalLM
 
     engine_dir = Path(spec.engine_path)
     tokenizer = load_tokenizer(engine_dir)
-    lm = OnnxCausalLM(engine_dir / spec.model_file, session_options=session_options(settings.intra_op_threads))
     token_id = tokenizer.convert_tokens_to_ids(domain(spec.domain).token)
-    lm.logits([[token_id]])  # warm: the first run allocates
-    engine = GenerationEngine(f"{route}@{spec.model_version}", lm, tokenizer, max_batch=settings.max_batch,
+    so = session_options(settings.intra_op_threads)
+    if spec.kv_model_file and (engine_dir / spec.kv_model_file).is_file():
+        lm, cls = KVCausalLM(engine_dir / spec.kv_model_file, session_options=so), KVGenerationEngine
+        lm.prefill([[token_id]])  # warm: the first run allocates
+    else:
+        lm, cls = OnnxCausalLM(engine_dir / spec.model_file, session_options=so), GenerationEngine
+        lm.logits([[token_id]])
+    engine = cls(f"{route}@{spec.model_version}", lm, tokenizer, max_batch=settings.max_batch,
                               max_batch_tokens=settings.max_batch_tokens,
                               max_delay_ms=settings.max_queue_delay_ms, max_queue=settings.max_queue,
                               metrics=metrics)

@@ -34,6 +34,8 @@ class RouteSpec:
     lineage_id: str
     model_file: str = "model.int8.onnx"
     engine: str = "onnxruntime-int8"
+    # the decoding step with its KV cache, beside model_file; None: the server recomputes
+    kv_model_file: str | None = None
 
 
 @dataclass(frozen=True)

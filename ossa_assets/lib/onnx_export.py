@@ -45,6 +45,8 @@ EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 
 # Written into the ONNX metadata so OnnxCausalLM can cap its context without the HF config.
 _META_MAX_POSITIONS = "ossa.max_position_embeddings"
+# "layers,kv_heads,head_dim" of a decoder exported with its KV cache (export_onnx_kv)
+_META_KV = "ossa.kv_cache"
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -254,6 +256,86 @@ def export_onnx(
         "outputs": [o.name for o in proto.graph.output],
         "max_position_embeddings": max_pos or None,
     }
+
+
+# --------------------------------------------------------------------------- KV-cache export
+
+
+def kv_step_module(model):
+    """input_ids, attention_mask (past + new), position_ids, past.{i}.key/value ->
+    the last position's logits and present.{i}.key/value: the decoding step with its cache."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    layers = model.config.num_hidden_layers
+
+    class KVStep(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, position_ids, past):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+            presents = []
+            for layer in out.past_key_values.layers:
+                presents += [layer.keys, layer.values]
+            return (out.logits[:, -1], *presents)
+
+    return KVStep(model).eval()
+
+
+def export_onnx_kv(model_dir: str | os.PathLike, out_path: str | os.PathLike, opset: int | None = None, *,
+                   external_data: bool | None = None) -> dict:
+    """Export the decoding step with its KV cache (fp32) for serving: inputs `input_ids`
+    [batch, new], `attention_mask` [batch, past + new], `position_ids` [batch, new] and
+    `past.{i}.key` / `past.{i}.value` [batch, kv_heads, past, head_dim]; outputs the last
+    position's `logits` [batch, vocab] and `present.{i}.key/value` (past + new). A prompt is
+    one call with an empty past (past = 0); each new token one call with the previous presents.
+    The layer count, kv heads and head size are in the model's metadata (`ossa.kv_cache`)."""
+    import onnx
+    import torch
+
+    out_path = Path(out_path)
+    model = _load_causal_lm(model_dir, dtype=torch.float32)
+    cfg = model.config
+    layers = int(cfg.num_hidden_layers)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    max_pos = int(getattr(cfg, "max_position_embeddings", 0) or 0)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    step = kv_step_module(model)
+
+    batch, new, total = (torch.export.Dim(n, min=1) for n in ("batch", "new", "total"))
+    past = torch.export.Dim("past")  # 0 for a prompt's first call
+    ids = torch.ones((2, 3), dtype=torch.int64)
+    mask = torch.ones((2, 7), dtype=torch.int64)
+    pos = torch.arange(4, 7).expand(2, 3).contiguous()
+    cache = tuple(torch.zeros((2, kv_heads, 4, head_dim)) for _ in range(2 * layers))
+    past_names = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    present_names = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            step, (ids, mask, pos, cache),
+            input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+            output_names=["logits", *present_names],
+            dynamic_shapes=({0: batch, 1: new}, {0: batch, 1: total}, {0: batch, 1: new},
+                            tuple({0: batch, 2: past} for _ in range(2 * layers))),
+            opset_version=opset, dynamo=True, verbose=False,
+        )
+    program.model.metadata_props[_META_KV] = f"{layers},{kv_heads},{head_dim}"
+    if max_pos:
+        program.model.metadata_props[_META_MAX_POSITIONS] = str(max_pos)
+    with _atomic_onnx(out_path) as tmp:
+        program.save(tmp, external_data=external)
+        onnx.checker.check_model(str(tmp))
+    return {"path": str(out_path), "bytes": _onnx_bytes(out_path), "export_seconds": round(time.perf_counter() - t0, 3),
+            "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim}
 
 
 # --------------------------------------------------------------------------- quantize

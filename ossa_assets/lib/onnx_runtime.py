@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ossa_assets.lib.onnx_export import (
+    _META_KV,
     _META_MAX_POSITIONS,
     OUTPUT_NAMES,
     _load_causal_lm,
@@ -106,6 +107,97 @@ class OnnxCausalLM:
             if eos_token_id is not None and nxt == eos_token_id:
                 break
         return new
+
+
+# --------------------------------------------------------------------------- KV-cache runtime
+
+
+class KVCausalLM:
+    """A decoder exported with its KV cache (export_onnx_kv): prefill a batch of prompts, then
+    one token per row per step, the cache carried between calls as numpy arrays.
+
+    Batches are left-padded: each row's positions count its own tokens (position_ids), and
+    the attention mask hides the padding, so a row's tokens do not depend on its batch-mates.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[Any] | None = None, *,
+                 session_options: Any = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), sess_options=session_options,
+                                            providers=usable_providers(providers))
+        self.providers: list[str] = self.session.get_providers()
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if _META_KV not in meta:
+            raise ValueError(f"{self.path} was not exported with a KV cache (no {_META_KV} metadata)")
+        self.layers, self.kv_heads, self.head_dim = (int(x) for x in meta[_META_KV].split(","))
+        self.max_positions = int(meta[_META_MAX_POSITIONS]) if _META_MAX_POSITIONS in meta else None
+        self.past_names = [f"past.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+
+    def empty_cache(self, batch: int) -> list:
+        import numpy as np
+
+        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=np.float32) for _ in self.past_names]
+
+    def _run(self, ids, mask, pos, cache):
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, **dict(zip(self.past_names, cache))}
+        out = self.session.run(None, feeds)
+        return out[0], list(out[1:])
+
+    def prefill(self, prompts: list[list[int]]):
+        """(logits of each prompt's next token [b, vocab], cache, mask [b, width])."""
+        import numpy as np
+
+        width = max(len(p) for p in prompts)
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = p
+            mask[r, width - len(p):] = 1
+        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        logits, cache = self._run(ids, mask, pos, self.empty_cache(len(prompts)))
+        return logits, cache, mask
+
+    def decode(self, tokens, cache, mask):
+        """One step: `tokens` [b] appended to each row; (logits [b, vocab], cache, mask)."""
+        import numpy as np
+
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+        pos = mask.sum(axis=1, keepdims=True) - 1
+        logits, cache = self._run(np.asarray(tokens, dtype=np.int64)[:, None], mask, pos, cache)
+        return logits, cache, mask
+
+
+def merge_caches(a: tuple[list, Any], b: tuple[list, Any]) -> tuple[list, Any]:
+    """Two batches' (cache, mask) as one: the shorter left-padded to the longer's length."""
+    import numpy as np
+
+    (ca, ma), (cb, mb) = a, b
+    width = max(ma.shape[1], mb.shape[1])
+
+    def pad(cache, mask):
+        extra = width - mask.shape[1]
+        if not extra:
+            return cache, mask
+        return ([np.pad(c, ((0, 0), (0, 0), (extra, 0), (0, 0))) for c in cache],
+                np.pad(mask, ((0, 0), (extra, 0))))
+
+    ca, ma = pad(ca, ma)
+    cb, mb = pad(cb, mb)
+    return [np.concatenate([x, y], axis=0) for x, y in zip(ca, cb)], np.concatenate([ma, mb], axis=0)
+
+
+def select_rows(cache: list, mask, rows: list[int]) -> tuple[list, Any]:
+    """The rows kept, with leading columns no kept row attends to trimmed away."""
+    cache = [c[rows] for c in cache]
+    mask = mask[rows]
+    used = mask.any(axis=0)
+    first = int(used.argmax()) if used.any() else mask.shape[1]
+    if first:
+        cache = [c[:, :, first:] for c in cache]
+        mask = mask[:, first:]
+    return cache, mask
 
 
 # --------------------------------------------------------------------------- evaluation

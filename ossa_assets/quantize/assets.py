@@ -61,6 +61,9 @@ def onnx_model(
         out.mkdir()
         lib.merge_adapter(checkpoint.path, adapter.path, out / "merged")
         info = lib.export_onnx(out / "merged", out / "model.onnx")
+        # what the server runs: the decoding step with its KV cache (model.onnx stays the
+        # full-sequence graph the int8 agreement check scores)
+        kv = lib.export_onnx_kv(out / "merged", out / "model_kv.onnx")
         _copy_tokenizer(out / "merged", out)
         final, version = publish_versioned(out, parent)
     return StageResult(
@@ -68,6 +71,7 @@ def onnx_model(
         metadata={
             "onnx_bytes": info["bytes"],
             "export_seconds": dg.FloatMetadataValue(round(info["export_seconds"], 2)),
+            "kv_export_seconds": dg.FloatMetadataValue(round(kv["export_seconds"], 2)),
             "opset": info["opset"],
         },
     )
@@ -107,6 +111,10 @@ def int8_model(
         out = tmp / "artifact"
         out.mkdir()
         q = lib.quantize_int8(src / "model.onnx", out / "model.int8.onnx", per_channel=config.per_channel)
+        kv_file = None
+        if (src / "model_kv.onnx").is_file():  # exports made before the KV graph existed have none
+            lib.quantize_int8(src / "model_kv.onnx", out / "model_kv.int8.onnx", per_channel=config.per_channel)
+            kv_file = "model_kv.int8.onnx"
         _copy_tokenizer(src, out)
         final, version = publish_versioned(out, parent)
 
@@ -133,6 +141,7 @@ def int8_model(
                 "domain": domain,
                 "engine": "onnxruntime-int8",
                 "model_file": "model.int8.onnx",
+                "kv_model_file": kv_file,
                 "top1_agreement": agreement["agreement"],
             },
         ),

@@ -55,6 +55,7 @@ def deployment(
             engine_path=by_domain[domain].path,
             model_file=by_domain[domain].meta.get("model_file", "model.int8.onnx"),
             engine=by_domain[domain].meta.get("engine", "onnxruntime-int8"),
+            kv_model_file=by_domain[domain].meta.get("kv_model_file"),
             lineage_id=by_domain[domain].lineage_id,
         )
         for route, domain in ROUTES.items()

@@ -431,3 +431,25 @@ def test_cuda_provider_matches_cpu(fp32_onnx, held_tokens):
     assert gpu.providers[0] == "CUDAExecutionProvider"
     cpu = OnnxCausalLM(fp32_onnx["path"])
     np.testing.assert_allclose(gpu.logits(ids), cpu.logits(ids), atol=1e-3)
+
+
+def test_kv_cache_export_decodes_exactly_like_the_full_graph(merged_dir, fp32_onnx, held_tokens, tmp_path):
+    """Greedy decoding through the KV-cache graph (left-padded batch, one token per call) gives
+    the full graph's tokens; the cache's shape comes from the model's metadata."""
+    from ossa_assets.lib.onnx_export import export_onnx_kv
+    from ossa_assets.lib.onnx_runtime import KVCausalLM, OnnxCausalLM
+
+    info = export_onnx_kv(merged_dir, tmp_path / "model_kv.onnx")
+    kv = KVCausalLM(info["path"])
+    full = OnnxCausalLM(fp32_onnx["path"])
+    assert (kv.layers, kv.kv_heads, kv.head_dim) == (info["layers"], info["kv_heads"], info["head_dim"])
+    prompts = [held_tokens[0][:5], held_tokens[1][:11], held_tokens[2][:2]]
+    want = [full.generate(p, 10) for p in prompts]
+    logits, cache, mask = kv.prefill(prompts)
+    got = [[int(t)] for t in logits.argmax(-1)]
+    for _ in range(9):
+        logits, cache, mask = kv.decode([g[-1] for g in got], cache, mask)
+        for g, t in zip(got, logits.argmax(-1)):
+            g.append(int(t))
+    assert got == want
+    assert cache[0].shape == (3, kv.kv_heads, 11 + 9, kv.head_dim)

@@ -28,12 +28,12 @@ def tiny_arch() -> tuple[dict, int]:
 
 
 def build_deployment(root: Path, arch: dict | None = None, vocab_size: int = 400, int8: bool = False,
-                     points: int = 3, texts: list[str] | None = None) -> SimpleNamespace:
+                     points: int = 3, texts: list[str] | None = None, kv: bool = True) -> SimpleNamespace:
     from ossa_assets.lib import embeddings
     from ossa_assets.lib.deployment import DeploymentState, RouteSpec, SearchIndex, SearchSpec, state_path, write_state
     from ossa_assets.lib.domains import REGISTRY
     from ossa_assets.lib.modeling import build_llama, train_tokenizer
-    from ossa_assets.lib.onnx_export import export_onnx, quantize_int8
+    from ossa_assets.lib.onnx_export import export_onnx, export_onnx_kv, quantize_int8
 
     root = Path(root)
     engine = root / "engine"
@@ -46,10 +46,12 @@ def build_deployment(root: Path, arch: dict | None = None, vocab_size: int = 400
     tok.save_pretrained(root / "hf")
     tok.save_pretrained(engine)
     export_onnx(root / "hf", engine / "model.onnx")
-    model_file = "model.onnx"
+    export_onnx_kv(root / "hf", engine / "model_kv.onnx")
+    model_file, kv_file = "model.onnx", "model_kv.onnx"
     if int8:
         quantize_int8(engine / "model.onnx", engine / "model.int8.onnx")
-        model_file = "model.int8.onnx"
+        quantize_int8(engine / "model_kv.onnx", engine / "model_kv.int8.onnx")
+        model_file, kv_file = "model.int8.onnx", "model_kv.int8.onnx"
 
     qpath = root / "qdrant"
     client = embeddings.open_qdrant(path=str(qpath))
@@ -75,6 +77,7 @@ def build_deployment(root: Path, arch: dict | None = None, vocab_size: int = 400
         client.close()
     routes = {d.route: RouteSpec(domain=d.name, model_version=f"{d.name}-v1", engine_path=str(engine),
                                  lineage_id=f"quantize/int8_model[{d.name}]@1", model_file=model_file,
+                                 kv_model_file=kv_file if kv else None,
                                  engine="onnxruntime-int8" if int8 else "onnxruntime-fp32") for d in REGISTRY}
     state = DeploymentState(version="v1", lineage_id="serving/deployment@1", routes=routes,
                             search=SearchSpec(path=str(qpath), indexes=indexes))
