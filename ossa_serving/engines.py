@@ -115,75 +115,6 @@ class GenerationEngine:
         if not s.job.future.done():
             s.job.future.set_result(GenResult(s.new, text, reason))
 
-    def step(self) -> None:
-        """One forward pass over every active sequence."""
-        import numpy as np
-
-        window = self.window
-        ctx = [(s.ids + s.new)[-window:] if window else s.ids + s.new for s in self.active]
-        width = max(len(c) for c in ctx)
-        ids = np.zeros((len(ctx), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, c in enumerate(ctx):
-            ids[r, : len(c)] = c
-            mask[r, : len(c)] = 1
-        logits = self.lm.logits(ids, mask)
-        if self.metrics:
-            self.metrics.tokens(self.name, len(ctx))
-        keep = []
-        now = time.monotonic()
-        for r, s in enumerate(self.active):
-            if s.job.future.cancelled() or s.job.future.done():
-                continue
-            if now > s.job.deadline:
-                s.job.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed while generating"))
-                continue
-            tok = choose_token(logits[r, len(ctx[r]) - 1], s.params, s.rng)
-            s.new.append(tok)
-            if self.eos is not None and tok == self.eos:
-                self._finish(s, "eos")
-                continue
-            if s.params.stop:
-                text = self.tokenizer.decode(s.new, skip_special_tokens=True)
-                cut = min((text.find(x) for x in s.params.stop if x in text), default=-1)
-                if cut >= 0:
-                    self._finish(s, "stop", text[:cut])
-                    continue
-            if len(s.new) >= s.params.max_new_tokens:
-                self._finish(s, "length")
-                continue
-            keep.append(s)
-        self.active = keep
-
-    def _loop(self) -> None:
-        while not self.queue.closed:
-            try:
-                self._admit(block=not self.active)
-                if self.active:
-                    self.step()
-            except Exception as e:  # a failed step fails its sequences; the engine keeps serving
-                log.exception("%s: decoding step failed", self.name)
-                for s in self.active:
-                    if not s.job.future.done():
-                        s.job.future.set_exception(e)
-                self.active = []
-
-    def close(self) -> None:
-        self.queue.close()
-        self._thread.join(timeout=5)
-
-
-class KVGenerationEngine(GenerationEngine):
-    """Continuous batching over a KV-cached decoder: the running batch's cache stays in
-    memory between steps; joiners are prefilled (one call for all of them) and merged in,
-    finished rows leave, and each step feeds one token per row."""
-
-    def __init__(self, *args, **kwargs):
-        self.cache: list = []
-        self.mask = None
-        self.pending: list[int] = []  # per active row: the token chosen but not yet in the cache
-        super().__init__(*args, **kwargs)
-
     def _accept(self, s: _Seq, logits_row) -> bool:
         """Choose the row's next token; False when the sequence finished with it."""
         tok = choose_token(logits_row, s.params, s.rng)
@@ -209,6 +140,57 @@ class KVGenerationEngine(GenerationEngine):
             s.job.future.set_exception(DeadlineExceeded(f"{self.name}: deadline passed while generating"))
             return False
         return True
+
+    def step(self) -> None:
+        """One forward pass over every active sequence."""
+        import numpy as np
+
+        window = self.window
+        ctx = [(s.ids + s.new)[-window:] if window else s.ids + s.new for s in self.active]
+        width = max(len(c) for c in ctx)
+        ids = np.zeros((len(ctx), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for r, c in enumerate(ctx):
+            ids[r, : len(c)] = c
+            mask[r, : len(c)] = 1
+        logits = self.lm.logits(ids, mask)
+        if self.metrics:
+            self.metrics.tokens(self.name, len(ctx))
+        now = time.monotonic()
+        self.active = [s for r, s in enumerate(self.active)
+                       if self._live(s, now) and self._accept(s, logits[r, len(ctx[r]) - 1])]
+
+    def _loop(self) -> None:
+        while not self.queue.closed:
+            try:
+                self._admit(block=not self.active)
+                if self.active:
+                    self.step()
+            except Exception as e:  # a failed step fails its sequences; the engine keeps serving
+                log.exception("%s: decoding step failed", self.name)
+                self._fail_all(e)
+
+    def _fail_all(self, e: Exception) -> None:
+        for s in self.active:
+            if not s.job.future.done():
+                s.job.future.set_exception(e)
+        self.active = []
+
+    def close(self) -> None:
+        self.queue.close()
+        self._thread.join(timeout=5)
+
+
+class KVGenerationEngine(GenerationEngine):
+    """Continuous batching over a KV-cached decoder: the running batch's cache stays in
+    memory between steps; joiners are prefilled (one call for all of them) and merged in,
+    finished rows leave, and each step feeds one token per row."""
+
+    def __init__(self, *args, **kwargs):
+        self.cache: list = []
+        self.mask = None
+        self.pending: list[int] = []  # per active row: the token chosen but not yet in the cache
+        super().__init__(*args, **kwargs)
 
     def step(self) -> None:
         now = time.monotonic()
@@ -240,10 +222,11 @@ class KVGenerationEngine(GenerationEngine):
                     self.step()
             except Exception as e:  # a failed step fails its sequences; the engine keeps serving
                 log.exception("%s: decoding step failed", self.name)
-                for s in self.active:
-                    if not s.job.future.done():
-                        s.job.future.set_exception(e)
-                self.active, self.pending, self.cache, self.mask = [], [], [], None
+                self._fail_all(e)
+
+    def _fail_all(self, e: Exception) -> None:
+        super()._fail_all(e)
+        self.pending, self.cache, self.mask = [], [], None
 
     def _prefill(self, joiners: list[_Seq]) -> None:
         logits, cache, mask = self.lm.prefill([s.ids for s in joiners])

@@ -3,6 +3,7 @@ a real local Qdrant index embedded by the packaged MiniLM model. No Dagster."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -29,28 +30,38 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(deployment):
-    from ossa_assets.lib.graph_store import EmbeddedFalkorDB, open_graph_store
+@contextlib.contextmanager
+def serving(settings):
+    """The runtime on a free port in this process, over real HTTP; its URL."""
     from ossa_serving import create_app
     from ossa_serving.cli import make_server
-    from ossa_serving.settings import Settings
 
-    graph = deployment.root / "graph"
-    settings = Settings(state_path=deployment.state, max_queue=8, request_timeout_s=20.0, search_poll_s=0.2,
-                        graph_factory=lambda: open_graph_store("embedded", data_dir=graph))
     app = create_app(settings=settings)
     port = _port()
     srv = make_server(app, "127.0.0.1", port, log_level="warning")
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
-    for _ in range(600):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
-    srv.should_exit = True
-    t.join(timeout=10)
+    try:
+        for _ in range(600):  # start-up loads and warms the engines and embedders
+            if srv.started:
+                break
+            time.sleep(0.05)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(deployment):
+    from ossa_assets.lib.graph_store import EmbeddedFalkorDB, open_graph_store
+    from ossa_serving.settings import Settings
+
+    graph = deployment.root / "graph"
+    settings = Settings(state_path=deployment.state, max_queue=8, request_timeout_s=20.0, search_poll_s=0.2,
+                        graph_factory=lambda: open_graph_store("embedded", data_dir=graph))
+    with serving(settings) as s:
+        yield s
     EmbeddedFalkorDB(graph).stop()
 
 
@@ -209,31 +220,17 @@ def test_bad_input_gets_a_json_4xx(server, method, path, kwargs, status, needle)
 def test_overload_is_refused_fast_with_429_and_retry_after(deployment):
     import httpx
 
-    from ossa_serving import create_app
-    from ossa_serving.cli import make_server
     from ossa_serving.settings import Settings
 
     # batches of 2, 2 waiting: 40 long generations at once overflow it; none may time out or 5xx
     settings = Settings(state_path=deployment.state, max_batch=2, max_queue=2, search_poll_s=60)
-    port = _port()
-    srv = make_server(create_app(settings=settings), "127.0.0.1", port, log_level="warning")
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(600):
-        if srv.started:
-            break
-        time.sleep(0.05)
+    with serving(settings) as srv:
+        def one(i):
+            return httpx.post(srv.url + "/protocol-model/v1",
+                              json={"prompt": f"<UANodeSet> {i}", "max_new_tokens": 48}, timeout=60)
 
-    def one(i):
-        return httpx.post(f"http://127.0.0.1:{port}/protocol-model/v1",
-                          json={"prompt": f"<UANodeSet> {i}", "max_new_tokens": 48}, timeout=60)
-
-    try:
         with ThreadPoolExecutor(40) as pool:
             answers = list(pool.map(one, range(40)))
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
     codes = [a.status_code for a in answers]
     assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
     assert all(a.headers.get("retry-after") == "1" for a in answers if a.status_code == 429)
@@ -286,31 +283,16 @@ def test_response_cache_keys_on_the_model_version_in_redis(deployment, tmp_path)
     import httpx
     import redis
 
-    from ossa_serving import create_app
-    from ossa_serving.cli import make_server
     from ossa_serving.settings import Settings
 
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    r.ping()
+    redis.Redis.from_url("redis://127.0.0.1:6379/0").ping()
     settings = Settings(state_path=deployment.state, cache_url="redis://127.0.0.1:6379/0")
-    app = create_app(settings=settings)
-    port = _port()
-    srv = make_server(app, "127.0.0.1", port, log_level="warning")
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    try:
-        for _ in range(600):
-            if srv.started:
-                break
-            time.sleep(0.05)
+    with serving(settings) as srv:
         req = {"prompt": f"cache me {time.time()}", "max_new_tokens": 3}
-        first = httpx.post(f"http://127.0.0.1:{port}/api-model/v1", json=req, timeout=30).json()
-        again = httpx.post(f"http://127.0.0.1:{port}/api-model/v1", json=req, timeout=30).json()
-        assert not first["cached"] and again["cached"] and again["completion"] == first["completion"]
-        assert again["model_version"] == "api_spec-v1"
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
+        first = httpx.post(srv.url + "/api-model/v1", json=req, timeout=30).json()
+        again = httpx.post(srv.url + "/api-model/v1", json=req, timeout=30).json()
+    assert not first["cached"] and again["cached"] and again["completion"] == first["completion"]
+    assert again["model_version"] == "api_spec-v1"
 
 
 def test_schemathesis_finds_no_failure_against_the_spec(server, tmp_path):
