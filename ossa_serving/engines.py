@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ossa_assets.lib.onnx_runtime import merge_caches, select_rows
+from ossa_assets.lib.onnx_runtime import merge_caches, pad_right, select_rows
 from ossa_serving.batching import Batcher, DeadlineExceeded, Job, JobQueue
 
 log = logging.getLogger("ossa.serving")
@@ -143,29 +143,26 @@ class GenerationEngine:
 
     def step(self) -> None:
         """One forward pass over every active sequence."""
-        import numpy as np
 
         window = self.window
         ctx = [(s.ids + s.new)[-window:] if window else s.ids + s.new for s in self.active]
-        width = max(len(c) for c in ctx)
-        ids = np.zeros((len(ctx), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, c in enumerate(ctx):
-            ids[r, : len(c)] = c
-            mask[r, : len(c)] = 1
-        logits = self.lm.logits(ids, mask)
+        logits = self.lm.logits(*pad_right(ctx))
         if self.metrics:
             self.metrics.tokens(self.name, len(ctx))
         now = time.monotonic()
         self.active = [s for r, s in enumerate(self.active)
                        if self._live(s, now) and self._accept(s, logits[r, len(ctx[r]) - 1])]
 
+    def _tick(self) -> None:
+        """Admit what the queue holds (waiting for it when idle), then one step."""
+        self._admit(block=not self.active)
+        if self.active:
+            self.step()
+
     def _loop(self) -> None:
         while not self.queue.closed:
             try:
-                self._admit(block=not self.active)
-                if self.active:
-                    self.step()
+                self._tick()
             except Exception as e:  # a failed step fails its sequences; the engine keeps serving
                 log.exception("%s: decoding step failed", self.name)
                 self._fail_all(e)
@@ -209,20 +206,15 @@ class KVGenerationEngine(GenerationEngine):
             else:
                 self.cache, self.mask = [], None
 
-    def _loop(self) -> None:
-        while not self.queue.closed:
-            try:
-                before = len(self.active)
-                self._admit(block=not self.active)
-                joiners = self.active[before:]
-                self.active = self.active[:before]
-                if joiners:
-                    self._prefill(joiners)
-                if self.active:
-                    self.step()
-            except Exception as e:  # a failed step fails its sequences; the engine keeps serving
-                log.exception("%s: decoding step failed", self.name)
-                self._fail_all(e)
+    def _tick(self) -> None:
+        before = len(self.active)
+        self._admit(block=not self.active)
+        joiners = self.active[before:]
+        self.active = self.active[:before]
+        if joiners:
+            self._prefill(joiners)  # they join the running batch with their cache
+        if self.active:
+            self.step()
 
     def _fail_all(self, e: Exception) -> None:
         super()._fail_all(e)

@@ -109,6 +109,19 @@ class OnnxCausalLM:
         return new
 
 
+def pad_right(seqs: Sequence[Sequence[int]]):
+    """(input_ids, attention_mask) int64 [len(seqs), longest], padded after each sequence: a
+    causal model's logits at a real position are then those of the sequence alone."""
+    import numpy as np
+
+    ids = np.zeros((len(seqs), max(len(s) for s in seqs)), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = s
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
 # --------------------------------------------------------------------------- KV-cache runtime
 
 
@@ -234,13 +247,7 @@ def top1_agreement(
     agree = positions = 0
     max_diff = 0.0
     for b in range(0, len(seqs), batch_size):
-        chunk = seqs[b : b + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = np.zeros((len(chunk), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, s in enumerate(chunk):
-            ids[r, : len(s)] = s
-            mask[r, : len(s)] = 1
+        ids, mask = pad_right(seqs[b : b + batch_size])
         with torch.inference_mode():
             ref = wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
         got = onnx_lm.logits(ids, mask)
