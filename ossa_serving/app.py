@@ -48,6 +48,7 @@ def _err(description: str) -> dict[str, Any]:
 
 COMMON_ERRORS = {
     400: _err("The body is not UTF-8 JSON"),
+    408: _err("The body did not arrive within the server's body timeout (a trickling client)"),
     413: _err("Body larger than the server accepts (refused before it is read)"),
     415: _err("Content-Type is not application/json"),
     422: _err("Invalid JSON or a field out of range"),
@@ -307,11 +308,13 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
     return app
 
 
-async def _send_json(send, status: int, body: dict[str, Any], rid: str) -> None:
+async def _send_json(send, status: int, body: dict[str, Any], rid: str, close: bool = False) -> None:
     raw = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-                            (b"x-request-id", rid.encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+               (b"x-request-id", rid.encode())]
+    if close:  # the rest of an unread body would be taken for the next request
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
 
@@ -355,14 +358,62 @@ class _Front:
 
             self.runtime["in_flight"] += 1
             try:
+                if method == "POST":
+                    # read the body here, bounded in size and time: a chunked body past the limit
+                    # gets its 413 after limit bytes, never read whole; a client trickling its
+                    # body gets 408 and never reaches a model queue
+                    body = await _read_body(receive, self.settings.max_body_bytes, self.settings.body_timeout_s)
+                    if isinstance(body, tuple):
+                        seen["status"] = body[0]
+                        await _send_json(send, body[0], {"error": body[1]}, rid, close=True)
+                        return
+                    receive = _replay(body, receive)
                 await self.app(scope, receive, send_with_id)
             finally:
                 self.runtime["in_flight"] -= 1
+                self._record(method, path, seen, t0, rid)
+            return
+        self._record(method, path, seen, t0, rid)
+
+    def _record(self, method: str, path: str, seen: dict[str, Any], t0: float, rid: str) -> None:
         seconds = time.perf_counter() - t0
         self.metrics.request(path if path in self.known() else "other", seen["version"], seen["status"], seconds)
         if access.isEnabledFor(logging.INFO):
             access.info("%s %s %d %.1fms request_id=%s lineage_id=%s", method, path, seen["status"],
                         seconds * 1000, rid, seen["lineage"])
+
+
+async def _read_body(receive, limit: int, timeout_s: float) -> bytes | tuple[int, str]:
+    chunks: list[bytes] = []
+    n = 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            msg = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            return 408, f"the request body did not arrive within {timeout_s:g}s"
+        if msg["type"] == "http.disconnect":
+            return 400, "the client disconnected before its body arrived"
+        chunk = msg.get("body", b"")
+        n += len(chunk)
+        if n > limit:
+            return 413, f"body is over the {limit}-byte limit"
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later reads: disconnect detection
+
+    return replay
 
 
 def _body_problem(headers: dict[bytes, bytes], limit: int) -> tuple[int, str] | None:

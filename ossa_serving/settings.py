@@ -32,6 +32,7 @@ class Settings:
     # 413 beyond it, before the body is read; above the largest valid body (64 embedding
     # inputs of 2000 characters, each escaped to up to 12 bytes)
     max_body_bytes: int = 2 * 1024 * 1024
+    body_timeout_s: float = 10.0  # the whole body must arrive within it: 408 otherwise
     intra_op_threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     search_poll_s: float = 1.0  # how often the search copy checks for a moved alias
     graph_factory: Callable[[], Any] | None = None
@@ -49,6 +50,7 @@ class Settings:
             max_queue_delay_ms=_float("OSSA_SERVE_MAX_QUEUE_DELAY_MS", 2.0),
             max_queue=_int("OSSA_SERVE_MAX_QUEUE", 128),
             request_timeout_s=_float("OSSA_SERVE_TIMEOUT_S", 10.0),
+            body_timeout_s=_float("OSSA_SERVE_BODY_TIMEOUT_S", 10.0),
             graph_factory=graph_factory_from_env(root),
         )
         for k, v in overrides.items():

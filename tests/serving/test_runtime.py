@@ -217,6 +217,72 @@ def test_bad_input_gets_a_json_4xx(server, method, path, kwargs, status, needle)
         assert r.headers["allow"] == "POST"
 
 
+def _raw(url: str, head: bytes, chunks: list[bytes], pause_s: float = 0.0) -> tuple[int, dict, bytes, float]:
+    """Send a request byte by byte as written (no client library smoothing it); the status,
+    the JSON body and how long the answer took."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    t0 = time.monotonic()
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(head)
+        try:
+            for c in chunks:
+                s.sendall(c)
+                time.sleep(pause_s)
+        except OSError:
+            pass  # the server answered and closed while we were still sending: that is the point
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.split(b"\r\n\r\n", 1)[1]) < int(
+                dict(ln.split(b": ", 1) for ln in raw.split(b"\r\n\r\n")[0].split(b"\r\n")[1:] if b": " in ln)
+                .get(b"content-length", b"0")):
+            part = s.recv(65536)
+            if not part:
+                break
+            raw += part
+    head_, _, body = raw.partition(b"\r\n\r\n")
+    return int(head_.split()[1]), json.loads(body), raw, time.monotonic() - t0
+
+
+def test_a_chunked_body_past_the_limit_is_refused_before_it_is_read_whole(server):
+    """No Content-Length to refuse from: the 413 comes after the limit's bytes, not at the end."""
+    limit = server.settings.max_body_bytes
+    head = (b"POST /api-model/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    piece = b"x" * 65536
+    n_chunks = 3 * limit // len(piece)  # three times the limit, if the server read it all
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    status, body, raw, _ = _raw(server.url, head, [chunk] * n_chunks + [b"0\r\n\r\n"])
+    assert status == 413 and "limit" in body["error"], raw[:300]
+    assert b"connection: close" in raw.lower()
+
+
+def test_a_trickling_client_gets_408_and_holds_no_model_slot(deployment):
+    """A body sent a few bytes at a time past the body timeout: 408; meanwhile the model's one
+    batch slot and its queue of one serve everyone else."""
+    import httpx
+
+    from ossa_serving.settings import Settings
+
+    settings = Settings(state_path=deployment.state, max_batch=1, max_queue=1, body_timeout_s=1.0, search_poll_s=60)
+    with serving(settings) as srv:
+        body = json.dumps({"prompt": "slow " * 20, "max_new_tokens": 4}).encode()
+        head = (f"POST /api-model/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        slow = ThreadPoolExecutor(4)
+        trickles = [slow.submit(_raw, srv.url, head, [body[i:i + 4] for i in range(0, len(body), 4)], 0.1)
+                    for _ in range(3)]
+        time.sleep(0.2)
+        fast = [httpx.post(srv.url + "/api-model/v1", json={"prompt": f"fast {i}", "max_new_tokens": 4}, timeout=30)
+                for i in range(5)]
+        results = [t.result(timeout=60) for t in trickles]
+        slow.shutdown()
+    assert [r.status_code for r in fast] == [200] * 5  # one slot, three trickling clients: never refused
+    for status, answer, raw, seconds in results:
+        assert status == 408 and "did not arrive within 1s" in answer["error"], raw[:300]
+        assert seconds < 5  # refused at the body timeout, not when the body finally arrived (~12 s)
+
+
 def test_overload_is_refused_fast_with_429_and_retry_after(deployment):
     import httpx
 
