@@ -3,7 +3,8 @@ connections, each sending its next request when the previous answer arrived, for
 
     python bench/loadgen.py URL PATH BODY_TEMPLATE CONNECTIONS SECONDS [TIMEOUT_S]
 
-BODY_TEMPLATE's "{n}" becomes a counter, so every request is fresh (no cache hits). Prints one
+BODY_TEMPLATE's "{n}" becomes a counter prefixed with this run's random nonce, so every request
+is fresh (no response-cache hits, also across repeated runs against one server). Prints one
 JSON line: requests/s, p50/p99 latency of 200s, counts by status, timeouts, 429s carrying
 Retry-After, and this process's own CPU seconds (its share of the machine is reported beside
 the figures: the generator runs on the same 2 cores as the server).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -26,7 +28,7 @@ async def worker(host, port, path, template, stop_at, timeout_s, out, counter):
         if writer is None:
             reader, writer = await asyncio.open_connection(host, port)
         counter[0] += 1
-        body = template.replace("{n}", str(counter[0])).encode()
+        body = template.replace("{n}", f"{counter[1]}-{counter[0]}").encode()
         req = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         t0 = time.perf_counter()
@@ -60,7 +62,7 @@ async def main(url, path, template, conns, seconds, timeout_s):
     out = {"lat": [], "status": Counter(), "timeouts": 0, "retry_after": 0}
     t0 = time.perf_counter()
     stop_at = t0 + seconds
-    counter = [0]
+    counter = [0, os.urandom(4).hex()]
     await asyncio.gather(*(worker(u.hostname, u.port, path, template, stop_at, timeout_s, out, counter)
                            for _ in range(conns)))
     wall = time.perf_counter() - t0

@@ -51,6 +51,13 @@ class JobQueue:
     def __len__(self) -> int:
         return len(self._q)
 
+    def oldest_wait(self) -> float:
+        """Seconds the oldest queued request has waited (0 when empty)."""
+        try:
+            return time.monotonic() - self._q[0].enqueued
+        except IndexError:  # empty (or emptied by the taker meanwhile)
+            return 0.0
+
     def put(self, job: Job) -> Future:
         with self._cv:
             if self.closed:

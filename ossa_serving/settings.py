@@ -18,6 +18,10 @@ def _float(name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def _half_the_cores() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 @dataclass
 class Settings:
     state_path: Path
@@ -33,7 +37,12 @@ class Settings:
     # inputs of 2000 characters, each escaped to up to 12 bytes)
     max_body_bytes: int = 2 * 1024 * 1024
     body_timeout_s: float = 10.0  # the whole body must arrive within it: 408 otherwise
-    intra_op_threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    # onnxruntime threads per engine: half the cores, the rest for the HTTP process (on 2 cores
+    # two spinning ORT threads beside the front halved throughput: bench_serving)
+    intra_op_threads: int = field(default_factory=lambda: _half_the_cores())
+    # each generation engine in a process of its own (workers.py: no GIL shared with the HTTP
+    # loop); False: a thread of the server process
+    engine_processes: bool = True
     search_poll_s: float = 1.0  # how often the search copy checks for a moved alias
     graph_factory: Callable[[], Any] | None = None
 
@@ -51,6 +60,8 @@ class Settings:
             max_queue=_int("OSSA_SERVE_MAX_QUEUE", 128),
             request_timeout_s=_float("OSSA_SERVE_TIMEOUT_S", 10.0),
             body_timeout_s=_float("OSSA_SERVE_BODY_TIMEOUT_S", 10.0),
+            intra_op_threads=_int("OSSA_SERVE_INTRA_OP_THREADS", _half_the_cores()),
+            engine_processes=os.environ.get("OSSA_SERVE_ENGINE_PROCESSES", "1") not in ("0", "false", "no"),
             graph_factory=graph_factory_from_env(root),
         )
         for k, v in overrides.items():

@@ -115,6 +115,40 @@ def test_generation_is_batched_and_matches_one_request_alone(server):
     assert 'ossa_model_info{lineage_id="quantize/int8_model[devops_workflow]@1"' in metrics
 
 
+def test_each_engine_runs_in_its_own_process_and_a_dead_one_is_restarted(deployment):
+    """Decoding never shares the HTTP process's GIL; an engine process that dies fails its
+    requests with 503 (not a hang), the other routes keep serving, and it comes back."""
+    import os
+    import signal
+
+    import httpx
+
+    from ossa_serving.settings import Settings
+    from ossa_serving.workers import EngineProcess
+
+    settings = Settings(state_path=deployment.state, search_poll_s=60)
+    with serving(settings) as srv:
+        routes = srv.app.state.watcher.routes
+        engine = routes["/api-model/v1"].engine
+        assert isinstance(engine, EngineProcess) and engine.process.pid != os.getpid()
+        assert len({lr.engine.process.pid for lr in routes.values()}) == 3
+        assert httpx.post(srv.url + "/api-model/v1", json={"prompt": "a", "max_new_tokens": 4}, timeout=30).status_code == 200
+        os.kill(engine.process.pid, signal.SIGKILL)
+        engine.process.join(10)
+        r = httpx.post(srv.url + "/api-model/v1", json={"prompt": "b", "max_new_tokens": 4}, timeout=30)
+        assert r.status_code == 503 and "engine process" in r.json()["error"], r.text
+        other = httpx.post(srv.url + "/devops-model/v1", json={"prompt": "c", "max_new_tokens": 4}, timeout=30)
+        assert other.status_code == 200
+        for _ in range(300):  # restarted in the background
+            r = httpx.post(srv.url + "/api-model/v1", json={"prompt": "d", "max_new_tokens": 4}, timeout=30)
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert srv.app.state.watcher.routes["/api-model/v1"].engine.process.pid != engine.process.pid
+        assert httpx.get(srv.url + "/ready", timeout=10).json()["last_reload_error"] is None
+
+
 def test_sampling_is_seeded_and_stop_sequences_cut(server):
     import httpx
 
