@@ -82,6 +82,33 @@ def median_of(runs: list[dict]) -> dict:
     return m
 
 
+def sentence_flops() -> tuple[float, int]:
+    """Multiply-adds of the packaged MiniLM encoder for one bench sentence (attention scores
+    are negligible at this length), as FLOPs."""
+    from ossa_assets.lib.embeddings import load_embedder
+
+    m = load_embedder(None, device="cpu")
+    weights = sum(p.numel() for n, p in m.named_parameters() if "embeddings" not in n)
+    tokens = len(m.tokenizer(EMB.replace("{n}", "123-4567").split('"')[3])["input_ids"])
+    return 2.0 * weights * tokens, tokens
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    import numpy as np
+
+    a = np.random.rand(n, n).astype(np.float32)
+    b = np.random.rand(n, n).astype(np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2.0 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -124,10 +151,12 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=30)
 
-    proc, url = start(nokv, naive=False, env=env)
+    # the same engines without their KV-cache graph, and the embedders on torch instead of ONNX
+    proc, url = start(nokv, naive=False, env={**env, "OSSA_SERVE_EMBEDDER_BACKEND": "torch"})
     try:
         run("no KV cache: generate 16 conns", url, "/api-model/v1", GEN, 16)
         run("no KV cache: generate 64 conns", url, "/api-model/v1", GEN, 64)
+        run("torch embedder: embeddings 64 conns", url, "/v1/embeddings", EMB, 64)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -168,6 +197,13 @@ def main() -> int:
     v.at_most("overload: admitted p99 / 16-connection p99", o["p99_ms"] / g16["p99_ms"], 2.0)
     print(f"\nKV cache / recompute at 64 connections: {g64['ok_rps'] / max(r['no KV cache: generate 64 conns']['ok_rps'], 1e-9):.2f}x"
           f" (16: {g16['ok_rps'] / max(r['no KV cache: generate 16 conns']['ok_rps'], 1e-9):.2f}x)")
+    flops, tokens = sentence_flops()
+    peak = matmul_peak_flops()
+    share = e64["ok_rps"] * flops / peak
+    print(f"\nembeddings: {tokens} tokens per bench sentence, {flops / 1e9:.3f} GFLOP each (2 x encoder weights x tokens); "
+          f"this machine's fp32 matmul peak (numpy, all cores, same run) {peak / 1e9:.0f} GFLOP/s: "
+          f"{e64['ok_rps']:.0f} req/s uses {share:.0%} of it; 1000 req/s would need {1000 * flops / peak:.0%}. "
+          f"ONNX / torch embedder: {e64['ok_rps'] / max(r['torch embedder: embeddings 64 conns']['ok_rps'], 1e-9):.2f}x")
     tps = g64["ok_rps"] * 16 / (os.cpu_count() or 1)
     print(f"\ngeneration: {tps:.0f} new tokens/s per core at 64 connections "
           f"(naive at 16: {n16['ok_rps'] * 16 / (os.cpu_count() or 1):.0f}); "

@@ -196,12 +196,18 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             li = search.index(kind)
         except SearchUnavailable as e:
             raise ApiError(503, str(e)) from None
-        _, batcher = await run_in_threadpool(embedders.get, li.meta.get("model_path"), li.meta.get("max_seq_length"))
+        embedder = embedders.loaded(li.meta.get("model_path")) or await run_in_threadpool(
+            embedders.get, li.meta.get("model_path"), li.meta.get("max_seq_length"))
         try:
-            fut = batcher.submit(texts, cost=len(texts), timeout_s=settings.request_timeout_s)
+            fut = embedder.submit(texts, len(texts), settings.request_timeout_s)
         except QueueFull as e:
             _refuse(e)
-        return li, await _await(fut, settings.request_timeout_s)
+        except EngineGone as e:
+            raise ApiError(503, f"embedder: {e}") from None
+        try:
+            return li, await _await(fut, settings.request_timeout_s)
+        except EngineGone as e:
+            raise ApiError(503, f"embedder: {e}") from None
 
     @app.post("/v1/embeddings", responses=COMMON_ERRORS)
     async def embeddings_route(req: EmbeddingsRequest) -> dict[str, Any]:
@@ -217,8 +223,8 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             "object": "list", "model": req.model, "model_version": li.meta.get("model_version"),
             "dimensions": int(vecs.shape[1]),
             "lineage_id": li.meta.get("model_lineage_id") or li.lineage_id,
-            "data": [{"object": "embedding", "index": i, "embedding": [round(float(x), 7) for x in v]}
-                     for i, v in enumerate(vecs)],
+            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                     for i, v in enumerate(vecs.round(7))],
             "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)},
         }
 
@@ -248,6 +254,7 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
                        "serving": (search.live[kind].collection if search and kind in search.live else None)}
                 for kind, idx in (state.search.indexes.items() if state else [])
             },
+            "embedders": dict(embedders.backends),  # model path -> onnx:<file> | torch
         }
 
     def _lineage(fn):

@@ -110,8 +110,10 @@ class Batcher:
     """A stateless model (an embedder) behind a queue: `run_batch(payloads) -> results`."""
 
     def __init__(self, name: str, run_batch: Callable[[list[Any]], list[Any]], *, max_batch: int,
-                 max_cost: int, max_delay_ms: float, max_queue: int, metrics: Any = None):
+                 max_cost: int, max_delay_ms: float, max_queue: int, metrics: Any = None,
+                 after_batch: Callable[[], None] | None = None):
         self.name = name
+        self.after_batch = after_batch  # a worker process sends the batch's results at once
         self.run_batch = run_batch
         self.max_batch, self.max_cost, self.max_delay_s = max_batch, max_cost, max_delay_ms / 1000
         self.queue = JobQueue(name, max_queue)
@@ -136,9 +138,14 @@ class Batcher:
                 log.exception("%s: batch of %d failed", self.name, len(jobs))
                 for j in jobs:
                     j.future.set_exception(e)
-                continue
-            for j, r in zip(jobs, results):
-                j.future.set_result(r)
+            else:
+                for j, r in zip(jobs, results):
+                    j.future.set_result(r)
+            if self.after_batch is not None:
+                self.after_batch()
+
+    def busy(self) -> bool:
+        return bool(len(self.queue))
 
     def close(self) -> None:
         self.queue.close()

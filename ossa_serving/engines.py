@@ -438,38 +438,88 @@ def _drain_and_close(engine: Any, grace_s: float = 30.0) -> None:
     engine.close()
 
 
+def build_embedder(cfg: Any, metrics: Any = None, *, max_queue: int, after_batch: Any = None):
+    """Load and warm one embedding model behind a batcher: its ONNX graph (exported once per
+    model version into the cache, int8 where it keeps cosine >= 0.99 to fp32:
+    lib/embedding_onnx.py), or the torch model with backend "torch". (batcher, info)."""
+    from ossa_assets.lib import embedding_onnx, embeddings
+
+    seq = cfg.max_seq_length or 256
+    if cfg.backend not in ("onnx", "torch"):
+        raise ValueError(f"embedder backend {cfg.backend!r}: use 'onnx' or 'torch'")
+    if cfg.backend == "onnx":
+        path = cfg.model_path or embeddings.packaged_minilm_path()
+        out = Path(cfg.onnx_cache_dir) / embeddings.model_version(path) / str(seq)
+        if embedding_onnx.read_meta(out) is None:
+            log.info("exporting embedder %s to ONNX (once per model version): %s", path, out)
+            embedding_onnx.export_embedder(path, out, seq)
+        model = embedding_onnx.OnnxEmbedder(out, seq, session_options=session_options(cfg.intra_op_threads))
+        info = {"backend": f"onnx:{model.file}", **(embedding_onnx.read_meta(out) or {})}
+    else:
+        st = embeddings.load_embedder(cfg.model_path, cfg.max_seq_length)
+
+        class _Torch:
+            def encode(self, texts):
+                return st.encode(list(texts), normalize_embeddings=True, batch_size=max(len(texts), 1))
+
+        model, info = _Torch(), {"backend": "torch"}
+    model.encode(["warm"])
+
+    def run(batch: list[list[str]]) -> list[Any]:
+        flat = [t for texts in batch for t in texts]
+        vecs = model.encode(flat)
+        out, i = [], 0
+        for texts in batch:
+            out.append(vecs[i: i + len(texts)])
+            i += len(texts)
+        return out
+
+    batcher = Batcher(cfg.name, run, max_batch=cfg.max_batch, max_cost=cfg.max_cost, max_delay_ms=cfg.max_delay_ms,
+                      max_queue=max_queue, metrics=metrics, after_batch=after_batch)
+    return batcher, info
+
+
 class EmbedderPool:
-    """One batched embedder per model path, shared by /v1/embeddings and /v1/search."""
+    """One batched embedder per model path, shared by /v1/embeddings and /v1/search: in a
+    process of its own (settings.engine_processes), else a thread of this one. get() returns
+    a handle whose submit(texts, cost, timeout_s) gives a future of the vectors."""
 
     def __init__(self, settings: Any, metrics: Any = None):
         self.settings, self.metrics = settings, metrics
-        self._by_path: dict[str, tuple[Any, Batcher]] = {}
+        self._by_path: dict[str | None, Any] = {}
+        self.backends: dict[str, str] = {}  # model path -> what serves it (/v1/models)
         self._lock = threading.Lock()
 
-    def get(self, model_path: str, max_seq_length: int | None) -> tuple[Any, Batcher]:
+    def loaded(self, model_path: str | None) -> Any:
+        """The live handle if this model is loaded (no lock, no thread hop: the request path)."""
+        handle = self._by_path.get(model_path)
+        return None if handle is None or getattr(handle, "gone", None) else handle
+
+    def get(self, model_path: str | None, max_seq_length: int | None) -> Any:
         with self._lock:
+            handle = self._by_path.get(model_path)
+            if handle is not None and getattr(handle, "gone", None):  # its process died: start another
+                log.warning("embedder %s: %s; starting it again", model_path, handle.gone)
+                del self._by_path[model_path]
+                threading.Thread(target=handle.close, daemon=True).start()
             if model_path not in self._by_path:
-                from ossa_assets.lib import embeddings
-
-                model = embeddings.load_embedder(model_path, max_seq_length)
-                model.encode(["warm"], normalize_embeddings=True)
-
-                def run(batch: list[list[str]], model=model) -> list[Any]:
-                    flat = [t for texts in batch for t in texts]
-                    vecs = model.encode(flat, normalize_embeddings=True, batch_size=max(len(flat), 1))
-                    out, i = [], 0
-                    for texts in batch:
-                        out.append(vecs[i: i + len(texts)])
-                        i += len(texts)
-                    return out
+                from ossa_serving.workers import EmbedderConfig, EngineProcess
 
                 s = self.settings
-                batcher = Batcher(f"embed:{Path(model_path).name}", run, max_batch=s.max_batch,
-                                  max_cost=max(s.max_batch * 8, 256), max_delay_ms=s.max_queue_delay_ms,
-                                  max_queue=s.max_queue, metrics=self.metrics)
-                self._by_path[model_path] = (model, batcher)
+                cfg = EmbedderConfig(name=f"embed:{Path(model_path or 'minilm').name}", model_path=model_path,
+                                     max_seq_length=max_seq_length, backend=s.embedder_backend,
+                                     onnx_cache_dir=str(s.onnx_cache_dir), intra_op_threads=s.embed_intra_op_threads,
+                                     max_batch=s.max_batch, max_cost=max(s.max_batch * 8, 256),
+                                     max_delay_ms=s.max_queue_delay_ms)
+                if s.engine_processes:
+                    handle = EngineProcess(cfg, max_queue=s.max_queue, metrics=self.metrics, start_timeout_s=600)
+                    info = handle.info
+                else:
+                    handle, info = build_embedder(cfg, self.metrics, max_queue=s.max_queue)
+                self.backends[str(model_path)] = info["backend"]
+                self._by_path[model_path] = handle
             return self._by_path[model_path]
 
     def close(self) -> None:
-        for _, b in self._by_path.values():
+        for b in self._by_path.values():
             b.close()

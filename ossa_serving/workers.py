@@ -1,4 +1,5 @@
-"""Each generation engine in a process of its own, so that decoding never waits for the GIL.
+"""Each engine (a route's decoder, an embedder) in a process of its own, so that model work
+never waits for the HTTP process's GIL.
 
 Measured on 2 cores (bench/bench_serving.py): with the decoding thread in the HTTP process,
 every GIL hand-off between the event loop and the decoder costs up to the interpreter's switch
@@ -7,7 +8,7 @@ the loop (which releases the GIL) 1.4 ms instead of 50 us. In a process of its o
 thread only shares the GIL with the pipe reader, and the event loop with nothing.
 
 Protocol over one duplex pipe (pickled tuples, several per message to save system calls):
-  front -> worker: ("gen", job_id, ids, GenParams, timeout_s) | ("cancel", job_id) | ("close",)
+  front -> worker: ("job", job_id, submit's arguments) | ("cancel", job_id) | ("close",)
   worker -> front: [("ok", job_id, GenResult) | ("err", job_id, kind, message)
                     | ("metric", method, args), ...]
 The front reads the pipe on its event loop (add_reader): no thread of its own.
@@ -44,6 +45,21 @@ class EngineConfig:
     max_delay_ms: float
 
 
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """One embedding model behind a batcher, in a worker process."""
+
+    name: str
+    model_path: str | None
+    max_seq_length: int | None
+    backend: str
+    onnx_cache_dir: str
+    intra_op_threads: int
+    max_batch: int
+    max_cost: int
+    max_delay_ms: float
+
+
 class EngineGone(Exception):
     """The engine's process exited: its requests fail with 503, the route reports it."""
 
@@ -69,7 +85,7 @@ class _MetricsProxy:
         return out
 
 
-def _worker_main(conn, cfg: EngineConfig) -> None:  # runs in the child process
+def _worker_main(inbox, conn, cfg: EngineConfig) -> None:  # runs in the child process
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when we stop
@@ -91,7 +107,13 @@ def _worker_main(conn, cfg: EngineConfig) -> None:  # runs in the child process
                 pass
 
     try:
-        engine, window = build_engine(cfg, metrics, max_queue=1 << 30, after_tick=flush)
+        if isinstance(cfg, EmbedderConfig):
+            from ossa_serving.engines import build_embedder
+
+            engine, info = build_embedder(cfg, metrics, max_queue=1 << 30, after_batch=flush)
+        else:
+            engine, window = build_engine(cfg, metrics, max_queue=1 << 30, after_tick=flush)
+            info = {"window": window, "kv": engine.kv_cache}
     except Exception as e:  # the front reports it as the reload's error
         conn.send([("failed", f"{type(e).__name__}: {e}")])
         return
@@ -99,7 +121,7 @@ def _worker_main(conn, cfg: EngineConfig) -> None:  # runs in the child process
 
     gc.collect()
     gc.freeze()  # as the front does (app.py): no full collection of the loaded libraries
-    conn.send([("ready", {"window": window, "kv": type(engine).__name__ == "KVGenerationEngine"})])
+    conn.send([("ready", info)])
     futures: dict[int, Any] = {}
 
     def done(job_id: int, fut) -> None:
@@ -116,10 +138,10 @@ def _worker_main(conn, cfg: EngineConfig) -> None:  # runs in the child process
 
     try:
         while True:
-            msg = conn.recv()
-            if msg[0] == "gen":
-                _, job_id, ids, params, timeout_s = msg
-                fut = engine.submit(ids, params, timeout_s)
+            msg = inbox.recv()
+            if msg[0] == "job":
+                _, job_id, args = msg
+                fut = engine.submit(*args)
                 futures[job_id] = fut
                 fut.add_done_callback(lambda f, j=job_id: done(j, f))
             elif msg[0] == "cancel":
@@ -139,16 +161,23 @@ class EngineProcess:
     """The front's handle on one engine in its own process: `submit` returns an asyncio future
     (call it on the event loop). Same admission rule as the in-process engine's bounded queue."""
 
-    def __init__(self, cfg: EngineConfig, *, max_queue: int, metrics: Any = None, start_timeout_s: float = 120.0):
+    def __init__(self, cfg: EngineConfig | EmbedderConfig, *, max_queue: int, metrics: Any = None, start_timeout_s: float = 120.0):
         import multiprocessing as mp
 
         self.name, self.cfg, self.metrics = cfg.name, cfg, metrics
         self.capacity = cfg.max_batch + max_queue
         ctx = mp.get_context("spawn")  # the front has threads: never fork it
-        self._conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, cfg), name=f"engine {cfg.name}", daemon=True)
+        # one pipe each way: the event loop makes the read end non-blocking (add_reader), which
+        # a duplex pipe would impose on the writes too, and a pickled message read half-way
+        # raises there; _on_readable reads frames itself
+        inbox, self._out = ctx.Pipe(duplex=False)
+        self._conn, outbox = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_worker_main, args=(inbox, outbox, cfg), name=f"engine {cfg.name}",
+                                   daemon=True)
         self.process.start()
-        child.close()
+        inbox.close()
+        outbox.close()
+        self._buf = bytearray()
         if not self._conn.poll(start_timeout_s):
             self.process.kill()
             raise RuntimeError(f"engine {cfg.name} did not start within {start_timeout_s:g}s")
@@ -159,9 +188,9 @@ class EngineProcess:
         if first[0] != "ready":
             self.process.join(5)
             raise RuntimeError(f"engine {cfg.name} failed to load: {first[1]}")
-        info = first[1]
-        self.window: int | None = info["window"]
-        self.kv_cache: bool = info["kv"]
+        self.info = info = first[1]
+        self.window: int | None = info.get("window")
+        self.kv_cache: bool = bool(info.get("kv"))
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -174,7 +203,9 @@ class EngineProcess:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
 
-    def submit(self, ids: list[int], params: Any, timeout_s: float) -> asyncio.Future:
+    def submit(self, *args: Any) -> asyncio.Future:
+        """The engine's own submit(...) arguments: (ids, params, timeout_s) for a decoder,
+        (texts, cost, timeout_s) for an embedder."""
         if self.gone:
             raise EngineGone(self.gone)
         if self._loop is None:
@@ -185,7 +216,7 @@ class EngineProcess:
         fut = self._loop.create_future()
         self._pending[job_id] = fut
         try:
-            self._conn.send(("gen", job_id, ids, params, timeout_s))
+            self._out.send(("job", job_id, args))
         except (BrokenPipeError, OSError) as e:
             self._pending.pop(job_id, None)
             self._mark_gone(f"engine process unreachable ({type(e).__name__})")
@@ -197,17 +228,42 @@ class EngineProcess:
         # the caller gave up (deadline): the worker drops it before it costs model time
         if fut.cancelled() and self._pending.pop(job_id, None) is not None and not self.gone:
             try:
-                self._conn.send(("cancel", job_id))
+                self._out.send(("cancel", job_id))
             except (BrokenPipeError, OSError):
                 pass
 
     def _on_readable(self) -> None:
+        import os
+        import pickle
+        import struct
+
         try:
-            while self._conn.poll():
-                for item in self._conn.recv():
-                    self._deliver(item)
-        except (EOFError, OSError):
-            self._mark_gone(f"engine process exited (exit code {self.process.exitcode})")
+            chunk = os.read(self._conn.fileno(), 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            chunk, why = b"", f"{type(e).__name__}: {e}"
+        else:
+            why = "end of its pipe"
+        if not chunk:
+            self.process.join(0.5)
+            self._mark_gone(f"engine process exited (exit code {self.process.exitcode}; {why})")
+            return
+        buf = self._buf
+        buf += chunk
+        # multiprocessing.Connection's frames: a 4-byte big-endian length (-1: an 8-byte one follows)
+        while len(buf) >= 4:
+            (n,), head = struct.unpack_from("!i", buf), 4
+            if n == -1:
+                if len(buf) < 12:
+                    break
+                (n,), head = struct.unpack_from("!Q", buf, 4), 12
+            if len(buf) < head + n:
+                break
+            items = pickle.loads(bytes(buf[head:head + n]))
+            del buf[:head + n]
+            for item in items:
+                self._deliver(item)
 
     def _deliver(self, item: tuple) -> None:
         kind = item[0]
@@ -244,7 +300,7 @@ class EngineProcess:
             except RuntimeError:
                 pass  # the loop is closed already
         try:
-            self._conn.send(("close",))
+            self._out.send(("close",))
         except (BrokenPipeError, OSError):
             pass
         self.process.join(5)
