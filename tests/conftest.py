@@ -16,6 +16,22 @@ SAMPLE = ROOT / "ossa_assets" / "corpora" / "sample"
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embedder_onnx_cache(tmp_path_factory):
+    """Servers export their embedders to ONNX once per model version into a cache (default
+    ~/.cache/ossa): one cache for the whole session, never the user's."""
+    import os
+
+    path = tmp_path_factory.mktemp("onnx_cache")
+    old = os.environ.get("OSSA_SERVE_ONNX_CACHE")
+    os.environ["OSSA_SERVE_ONNX_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OSSA_SERVE_ONNX_CACHE", None)
+    else:
+        os.environ["OSSA_SERVE_ONNX_CACHE"] = old
+
+
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):
     """A fresh OSSA_DATA_ROOT and DAGSTER_HOME (with the project's dagster.yaml); the embedded

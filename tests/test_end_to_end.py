@@ -293,7 +293,7 @@ def server(pipeline):
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
-    for _ in range(1200):  # start-up loads and warms every engine and embedder
+    for _ in range(3600):  # start-up loads and warms every engine and embedder (ONNX export on first use)
         if srv.started:
             break
         time.sleep(0.05)

@@ -42,7 +42,7 @@ def serving(settings):
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     try:
-        for _ in range(600):  # start-up loads and warms the engines and embedders
+        for _ in range(3600):  # start-up loads and warms the engines and embedders (first: ONNX export)
             if srv.started:
                 break
             time.sleep(0.05)
@@ -177,6 +177,13 @@ def test_embeddings_and_search(server):
         data = r.json()["data"]
         v = np.array([d["embedding"] for d in data])
         assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+        # served from the ONNX export, in a process of its own, and the same vectors as the model's
+        from ossa_assets.lib.embeddings import load_embedder
+
+        backends = c.get("/v1/models").json()["embedders"]
+        assert list(backends.values()) == ["onnx:model.onnx"], backends  # MiniLM's int8 stays under 0.99
+        ref = load_embedder(None).encode(["list pets", "run the tests"], normalize_embeddings=True)
+        assert np.min(np.sum(ref * v, axis=1)) > 0.9999
         short = c.post("/v1/embeddings", json={"input": "list pets", "model": "docs", "dimensions": 64}).json()
         s = np.array(short["data"][0]["embedding"])
         assert s.shape == (64,) and np.allclose(np.linalg.norm(s), 1, atol=1e-5)
