@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/bench_serving.py [--seconds 5] [--repeats 3]
 
-Builds a servable deployment like `make run`'s (configs/tiny.yaml's decoder, int8, untrained
+Baselines in the same run: the pre-batching server (--naive), a per-request PyTorch server of
+the same checkpoint (--naive-torch), the engines without their KV-cache graph and the
+embedders on torch. Builds a servable deployment like `make run`'s (configs/tiny.yaml's decoder, int8, untrained
 weights: speed does not depend on them; the packaged MiniLM as the embedding model, whose
 production counterparts add a projection), starts each server as its own process and drives
 it with bench/loadgen.py (closed loop, keep-alive, fresh prompts) on the same 2 cores. Reports
@@ -40,15 +42,15 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start(state: Path, naive: bool, env: dict) -> tuple[subprocess.Popen, str]:
+def start(state: Path, naive: bool, env: dict, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _port()
-    cmd = [sys.executable, "-m", "ossa_serving", "--port", str(port), "--state", str(state)]
+    cmd = [sys.executable, "-m", "ossa_serving", "--port", str(port), "--state", str(state), *extra]
     proc = subprocess.Popen(cmd + (["--naive"] if naive else []), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    probe = "/health" if naive else "/ready"
+    probe = "/health" if naive or extra else "/ready"
     for _ in range(1200):
         try:
             if httpx.get(url + probe, timeout=2).status_code == 200:
@@ -151,6 +153,15 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=30)
 
+    # a per-request PyTorch server of the checkpoint the engines were exported from
+    proc, url = start(dep.state, naive=False, env=env, extra=("--naive-torch", str(tmp / "hf")))
+    try:
+        run("naive torch generate 1 conn", url, "/api-model/v1", GEN, 1)
+        run("naive torch generate 16 conns", url, "/api-model/v1", GEN, 16)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
     # the same engines without their KV-cache graph, and the embedders on torch instead of ONNX
     proc, url = start(nokv, naive=False, env={**env, "OSSA_SERVE_EMBEDDER_BACKEND": "torch"})
     try:
@@ -195,6 +206,10 @@ def main() -> int:
     v.at_most("overload: 5xx answers", fivexx, 0)
     v.at_least("overload: share of 429s carrying Retry-After", o["retry_after"] / refused if refused else None, 1.0)
     v.at_most("overload: admitted p99 / 16-connection p99", o["p99_ms"] / g16["p99_ms"], 2.0)
+    t16 = r["naive torch generate 16 conns"]
+    print(f"\n/api-model/v1 at 16 connections / naive per-request PyTorch server at 16: "
+          f"{g16['ok_rps'] / max(t16['ok_rps'], 1e-9):.1f}x ({t16['ok_rps']:.1f} req/s, p99 {t16['p99_ms']} ms; "
+          f"1 connection {r['naive torch generate 1 conn']['ok_rps']:.1f} req/s)")
     print(f"\nKV cache / recompute at 64 connections: {g64['ok_rps'] / max(r['no KV cache: generate 64 conns']['ok_rps'], 1e-9):.2f}x"
           f" (16: {g16['ok_rps'] / max(r['no KV cache: generate 16 conns']['ok_rps'], 1e-9):.2f}x)")
     flops, tokens = sentence_flops()

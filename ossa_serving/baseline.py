@@ -353,3 +353,49 @@ def create_app(state_path: str | Path, cache_url: str | None = None,
         )
 
     return app
+
+
+class TorchGenerateRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=20_000)
+    max_new_tokens: int = Field(default=32, ge=1, le=256)
+
+
+def create_torch_app(model_dir: str | Path) -> FastAPI:
+    """The other naive baseline (`python -m ossa_serving --naive-torch DIR`): the PyTorch
+    checkpoint behind every generation route, `model.generate` per request in a thread, no
+    batching, no ONNX — what a first FastAPI + transformers server looks like."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ossa_assets.lib.domains import ROUTES, domain
+    from ossa_assets.lib.modeling import load_tokenizer
+
+    tok = load_tokenizer(Path(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
+    app = FastAPI(title="ossa naive torch baseline")
+    app.state.runtime = {"draining": False, "in_flight": 0}
+
+    def handler(route: str):
+        token_id = tok.convert_tokens_to_ids(domain(ROUTES[route]).token)
+
+        def generate(req: TorchGenerateRequest) -> dict[str, Any]:
+            ids = [token_id, *tok(req.prompt, add_special_tokens=False)["input_ids"]]
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=req.max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.eos_token_id)
+            new = out[0, len(ids):].tolist()
+            return {"route": route, "completion": tok.decode(new, skip_special_tokens=True),
+                    "completion_tokens": len(new), "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+        return generate
+
+    for route in ROUTES:
+        app.post(route)(handler(route))
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

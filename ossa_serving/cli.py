@@ -30,7 +30,8 @@ def make_server(app, host: str, port: int, drain_s: float = 30.0, log_level: str
 
             threading.Thread(target=finish, daemon=True).start()
 
-    return DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+    # the app writes its own access log (request id, lineage id): uvicorn's would be a second line
+    return DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                                          timeout_graceful_shutdown=drain_s))
 
 
@@ -42,9 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-s", type=float, default=30.0)
     p.add_argument("--naive", action="store_true",
                    help="the pre-batching server (one thread per request), kept as the benchmarks' baseline")
+    p.add_argument("--naive-torch", metavar="CHECKPOINT", default=None,
+                   help="a per-request PyTorch server of this checkpoint on every route (the other baseline)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.naive:
+    if args.naive_torch:
+        from ossa_serving.baseline import create_torch_app
+
+        app = create_torch_app(args.naive_torch)
+    elif args.naive:
         from ossa_serving.baseline import create_app as naive_app
         from ossa_serving.settings import Settings
 
