@@ -330,10 +330,13 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
     return app
 
 
-async def _send_json(send, status: int, body: dict[str, Any], rid: str, close: bool = False) -> None:
+async def _send_json(send, status: int, body: dict[str, Any], rid: str, close: bool = False,
+                     retry_after: int | None = None) -> None:
     raw = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
                (b"x-request-id", rid.encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     if close:  # the rest of an unread body would be taken for the next request
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -363,6 +366,11 @@ class _Front:
         elif method == "POST" and (problem := _body_problem(headers, self.settings.max_body_bytes)):
             seen["status"] = problem[0]
             await _send_json(send, problem[0], {"error": problem[1]}, rid)
+        elif method == "POST" and (full := self._at_capacity(path)):
+            # refused before the body is read, parsed or tokenized: under overload a refusal
+            # must cost the front far less than an answer, or refusing is what saturates it
+            seen["status"] = 429
+            await _send_json(send, 429, {"error": full}, rid, close=True, retry_after=1)
         else:
             self.watcher.refresh()
 
@@ -396,6 +404,12 @@ class _Front:
                 self._record(method, path, seen, t0, rid)
             return
         self._record(method, path, seen, t0, rid)
+
+    def _at_capacity(self, path: str) -> str | None:
+        lr = self.watcher.routes.get(path)
+        if lr is None or not lr.engine.at_capacity():
+            return None
+        return f"{lr.engine.name} is at capacity; retry after 1s"
 
     def _record(self, method: str, path: str, seen: dict[str, Any], t0: float, rid: str) -> None:
         seconds = time.perf_counter() - t0

@@ -99,6 +99,9 @@ class GenerationEngine:
     def busy(self) -> bool:
         return bool(len(self.queue) or self.active)
 
+    def at_capacity(self) -> bool:
+        return len(self.queue) >= self.queue.max_queue
+
     def submit(self, ids: list[int], params: GenParams, timeout_s: float):
         return self.queue.put(Job((ids, params), len(ids) + params.max_new_tokens, time.monotonic() + timeout_s))
 

@@ -199,6 +199,9 @@ class EngineProcess:
     def busy(self) -> bool:
         return bool(self._pending)
 
+    def at_capacity(self) -> bool:
+        return len(self._pending) >= self.capacity
+
     def _attach(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
