@@ -367,12 +367,15 @@ class _Front:
             seen["status"] = problem[0]
             await _send_json(send, problem[0], {"error": problem[1]}, rid)
         elif method == "POST" and (full := self._at_capacity(path)):
-            # refused before the body is read, parsed or tokenized: under overload a refusal
-            # must cost the front far less than an answer, or refusing is what saturates it
+            # refused before the body is parsed or tokenized: under overload a refusal must
+            # cost the front far less than an answer, or refusing is what saturates it. The
+            # (small, size-checked) body is drained so the connection stays open: closing it
+            # made every refused caller reconnect
             seen["status"] = 429
-            await _send_json(send, 429, {"error": full}, rid, close=True, retry_after=1)
+            body = await _read_body(receive, self.settings.max_body_bytes, self.settings.body_timeout_s)
+            await _send_json(send, 429, {"error": full}, rid, close=isinstance(body, tuple), retry_after=1)
         else:
-            self.watcher.refresh()
+            self.watcher.poll()
 
             async def send_with_id(msg):
                 if msg["type"] == "http.response.start":

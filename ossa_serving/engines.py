@@ -355,15 +355,38 @@ class DeploymentWatcher:
         self.reloads = 0
         self._restarting: str | None = None
         self._restart_after = 0.0
+        self._loading = False
 
-    def refresh(self) -> None:
-        from ossa_assets.lib.deployment import read_state
-
+    def poll(self) -> None:
+        """The request path's check (one stat): a changed state file loads in a background
+        thread while the current engines keep serving, and is swapped in when warm; a dead
+        engine is restarted the same way. Loading a route starts a process (seconds): never
+        on the event loop."""
         if self._restarting is None and time.monotonic() >= self._restart_after:
             for lr in self.routes.values():
                 if getattr(lr.engine, "gone", None):
                     self._restart(lr)
                     break
+        try:
+            mtime = self.state_path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self._mtime or self._loading:
+            return
+        self._loading = True
+
+        def load():
+            try:
+                self.refresh()
+            finally:
+                self._loading = False
+
+        threading.Thread(target=load, name="deployment-reload", daemon=True).start()
+
+    def refresh(self) -> None:
+        """Load the state file now if it changed (start-up, and poll's background thread)."""
+        from ossa_assets.lib.deployment import read_state
+
         try:
             mtime = self.state_path.stat().st_mtime
         except FileNotFoundError:

@@ -398,14 +398,26 @@ def test_new_deployment_is_picked_up_without_restart(server):
 
     original = server.state.read_text()
     state = json.loads(original)
+
+    def served_version(until, seconds=60.0):
+        """Ask until `until(answer)`: a new state loads in the background (engine processes
+        start in seconds) while the old engines answer every request."""
+        deadline = time.monotonic() + seconds
+        while True:
+            r = httpx.post(server.url + "/api-model/v1", json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
+            assert r.status_code == 200, r.text  # never a failed request during the swap
+            if until(r.json()) or time.monotonic() > deadline:
+                return r.json()
+            time.sleep(0.1)
+
     try:
         # point the API route at the devops engine: a different model version goes live
         state["routes"]["/api-model/v1"] = {**state["routes"]["/devops-model/v1"], "domain": "api_spec"}
         time.sleep(0.01)
         atomic_write_text(server.state, json.dumps(state))
         os.utime(server.state, (time.time() + 1, time.time() + 1))
-        r = httpx.post(server.url + "/api-model/v1", json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
-        assert r.json()["model_version"] == state["routes"]["/devops-model/v1"]["model_version"]
+        new = state["routes"]["/devops-model/v1"]["model_version"]
+        assert served_version(lambda a: a["model_version"] == new)["model_version"] == new
 
         # a broken deployment leaves the previous engines serving and says so on /health
         broken = json.loads(json.dumps(state))
@@ -413,12 +425,17 @@ def test_new_deployment_is_picked_up_without_restart(server):
         broken["routes"]["/api-model/v1"]["model_version"] = "broken"
         atomic_write_text(server.state, json.dumps(broken))
         os.utime(server.state, (time.time() + 2, time.time() + 2))
-        r = httpx.post(server.url + "/api-model/v1", json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
-        assert r.status_code == 200 and r.json()["model_version"] != "broken"
+        for _ in range(600):
+            if httpx.get(server.url + "/health").json()["last_reload_error"]:
+                break
+            time.sleep(0.1)
         assert httpx.get(server.url + "/health").json()["last_reload_error"]
+        assert served_version(lambda a: True)["model_version"] == new  # not "broken"
     finally:
         atomic_write_text(server.state, original)
         os.utime(server.state, (time.time() + 3, time.time() + 3))
+        old = json.loads(original)["routes"]["/api-model/v1"]["model_version"]
+        served_version(lambda a: a["model_version"] == old)
 
 
 # -- lineage -----------------------------------------------------------------------------------

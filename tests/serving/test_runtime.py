@@ -149,6 +149,54 @@ def test_each_engine_runs_in_its_own_process_and_a_dead_one_is_restarted(deploym
         assert httpx.get(srv.url + "/ready", timeout=10).json()["last_reload_error"] is None
 
 
+def test_a_new_deployment_loads_beside_the_old_and_no_request_fails_during_the_swap(deployment, tmp_path):
+    """The state file changes under steady load: the new engine process starts in the
+    background (seconds) while the old one answers; the swap loses no request, and the
+    event loop is never blocked by the load (requests keep completing meanwhile)."""
+    import dataclasses
+
+    import httpx
+
+    from ossa_assets.lib.deployment import read_state, write_state
+    from ossa_serving.settings import Settings
+
+    state_file = tmp_path / "deployment.json"
+    st = read_state(deployment.state)
+    write_state(state_file, st)
+    settings = Settings(state_path=state_file, search_poll_s=60)
+    with serving(settings) as srv:
+        answers: list[tuple[float, int, str]] = []
+        stop = threading.Event()
+
+        def load():
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                while not stop.is_set():
+                    r = c.post("/api-model/v1", json={"prompt": f"swap {time.time()}", "max_new_tokens": 4})
+                    answers.append((time.monotonic(), r.status_code, r.json().get("model_version", r.text)))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        [t.start() for t in threads]
+        time.sleep(1.0)
+        routes = {r: (dataclasses.replace(s, model_version="api_spec-v2") if r == "/api-model/v1" else s)
+                  for r, s in st.routes.items()}
+        swapped_at = time.monotonic()
+        write_state(state_file, dataclasses.replace(st, routes=routes, version="v2"))
+        for _ in range(600):
+            if answers and answers[-1][2] == "api_spec-v2":
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        [t.join(30) for t in threads]
+    assert {code for _, code, _ in answers} == {200}
+    versions = [v for _, _, v in answers]
+    assert versions[0] == "api_spec-v1" and versions[-1] == "api_spec-v2"
+    first_new = next(t for t, _, v in answers if v == "api_spec-v2")
+    during = [t for t, _, v in answers if swapped_at < t < first_new]
+    assert first_new - swapped_at > 0.5  # a process really started (not an instant swap)...
+    assert len(during) > 10  # ...while the old engine kept answering
+
+
 def test_sampling_is_seeded_and_stop_sequences_cut(server):
     import httpx
 
