@@ -77,10 +77,14 @@ async def open_loop(host, port, path, template, rate, stop_at, timeout_s, out, c
     tasks = set()
 
     async def arrive(t0):
-        conn = idle.pop() if idle else [None, None]
+        # a connection idle for longer than the server's keep-alive (uvicorn: 5 s) may be
+        # closing under us: dropped, as HTTP client pools do
+        while idle and time.perf_counter() - idle[-1][2] > 4.0:
+            idle.pop()[1].close()
+        conn = idle.pop()[:2] if idle else [None, None]
         await one(conn, host, port, path, _body(template, counter), timeout_s, out, t0)
         if conn[1] is not None:
-            idle.append(conn)
+            idle.append([conn[0], conn[1], time.perf_counter()])
 
     rng = random.Random(0)
     next_at = time.perf_counter()
