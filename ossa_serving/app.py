@@ -231,7 +231,11 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
     @app.post("/v1/search", responses=COMMON_ERRORS)
     async def search_route(req: SearchRequest) -> dict[str, Any]:
         li, vecs = await _embed(req.index, [req.query])
-        hits = await run_in_threadpool(runtime["search"].query, li, vecs[0].tolist(), req.limit, req.domain, req.source)
+        search = runtime["search"]
+        if search.inline(li):  # a small in-memory copy: one matrix-vector product, no thread hop
+            hits = search.query(li, vecs[0], req.limit, req.domain, req.source)
+        else:
+            hits = await run_in_threadpool(search.query, li, vecs[0], req.limit, req.domain, req.source)
         return {"index": req.index, "collection": li.collection, "model_version": li.meta.get("model_version"),
                 "lineage_id": li.lineage_id, "hits": hits}
 

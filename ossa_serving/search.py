@@ -31,7 +31,7 @@ class LiveIndex:
     kind: str
     collection: str
     meta: dict[str, Any]
-    client: Any  # an in-memory QdrantClient (local mode) or the shared server client
+    client: Any  # a MatrixCopy (local mode) or the shared server client
     lineage_id: str  # the deployment's for its collection, else the embedding model's
 
 
@@ -48,22 +48,71 @@ def _open_retrying(spec, timeout_s: float = 10.0):
             time.sleep(0.1)
 
 
-def _copy_collection(src, name: str):
-    """The points (vectors + payloads) of `name` in a fresh in-memory client."""
-    from qdrant_client import QdrantClient, models
+class MatrixCopy:
+    """A local-mode collection's read-only copy as one matrix: exact cosine search (what local
+    Qdrant computes, by brute force in Python per point) as one matrix-vector product, with
+    the payload filters as precomputed row masks. 1,000 x 384-d: ~0.1 ms per query, against
+    ~3 ms through an in-memory QdrantClient (measured on the serving bench)."""
 
-    info = src.get_collection(name)
-    dst = QdrantClient(":memory:")
-    dst.create_collection(name, vectors_config=info.config.params.vectors,
-                          metadata=dict(info.config.metadata or {}))
+    def __init__(self, ids: list[str], vectors, payloads: list[dict[str, Any]]):
+        import numpy as np
+
+        v = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1) if ids else np.zeros((0, 1), np.float32)
+        self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        self.ids, self.payloads = ids, payloads
+        self._masks: dict[tuple[str, Any], Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _mask(self, key: str, value: Any):
+        import numpy as np
+
+        m = self._masks.get((key, value))
+        if m is None:
+            m = self._masks[(key, value)] = np.array([p.get(key) == value for p in self.payloads], dtype=bool)
+        return m
+
+    def query(self, vector, limit: int, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        import numpy as np
+
+        if not self.ids:
+            return []
+        q = np.asarray(vector, dtype=np.float32)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        scores = self.vectors @ q
+        rows = None
+        for k, v in filters.items():
+            m = self._mask(k, v)
+            rows = m if rows is None else rows & m
+        if rows is not None:
+            scores = np.where(rows, scores, -np.inf)
+        k = min(limit, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [{"id": self.ids[i], "score": float(scores[i]), **self.payloads[i]} for i in top
+                if scores[i] != -np.inf]
+
+
+def _copy_collection(src, name: str) -> MatrixCopy:
+    """The points (vectors + payloads) of `name`, read once into a matrix (the index's
+    collections are cosine: lib/embeddings.ensure_collection)."""
+    from qdrant_client import models
+
+    distance = src.get_collection(name).config.params.vectors.distance
+    if distance != models.Distance.COSINE:
+        raise SearchUnavailable(f"{name}: {distance} distance; the local copy serves cosine collections")
+    ids, vectors, payloads = [], [], []
     offset = None
     while True:
         points, offset = src.scroll(name, limit=2048, offset=offset, with_payload=True, with_vectors=True)
-        if points:
-            dst.upsert(name, [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
+        for p in points:
+            ids.append(str(p.id))
+            vectors.append(p.vector)
+            payloads.append(dict(p.payload or {}))
         if offset is None:
             break
-    return dst
+    return MatrixCopy(ids, vectors, payloads)
 
 
 class SearchBackend:
@@ -161,10 +210,19 @@ class SearchBackend:
             raise SearchUnavailable(f"the {kind} index is not loaded yet (or not in Qdrant): retry shortly")
         return li
 
-    def query(self, li: LiveIndex, vector: list[float], limit: int, domain: str | None,
+    def inline(self, li: LiveIndex) -> bool:
+        """Cheap enough to answer on the event loop (~0.1 ms at 1,000 x 384; 50,000 rows is
+        ~2 ms): larger copies and a Qdrant server go to a thread."""
+        return isinstance(li.client, MatrixCopy) and len(li.client) <= 50_000
+
+    def query(self, li: LiveIndex, vector: Any, limit: int, domain: str | None,
               source: str | None) -> list[dict[str, Any]]:
+        if isinstance(li.client, MatrixCopy):
+            return li.client.query(vector, limit, {k: v for k, v in (("domain", domain), ("source", source)) if v})
         from qdrant_client import models
 
+        if not isinstance(vector, list):
+            vector = vector.tolist()
         must = [models.FieldCondition(key=k, match=models.MatchValue(value=v))
                 for k, v in (("domain", domain), ("source", source)) if v]
         res = li.client.query_points(li.collection, query=vector, limit=limit,
