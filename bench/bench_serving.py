@@ -8,7 +8,8 @@ embedders on torch. Builds a servable deployment like `make run`'s (configs/tiny
 weights: speed does not depend on them; the packaged MiniLM as the embedding model, whose
 production counterparts add a projection), starts each server as its own process and drives
 it with bench/loadgen.py (closed loop, keep-alive, fresh prompts) on the same 2 cores. Reports
-medians of `--repeats` runs and the load generator's own CPU share.
+medians of `--repeats` runs and the load generator's own CPU share, then each target with the
+measured figure and MET or MISSED (verdict.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ BODY_TEMPLATE's "{n}" becomes a counter prefixed with this run's random nonce, s
 is fresh (no response-cache hits, also across repeated runs against one server). Prints one
 JSON line: requests/s, p50/p99 latency of 200s, counts by status, timeouts, 429s carrying
 Retry-After, and this process's own CPU seconds (its share of the machine is reported beside
-the figures: the generator runs on the same 2 cores as the server).
+the figures: the generator runs on the same 2 cores as the server). A tool, not a bench:
+bench_serving.py judges its figures MET or MISSED against the targets.
 """
 
 from __future__ import annotations

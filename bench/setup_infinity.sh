@@ -5,6 +5,7 @@
 # transformers 5 removed batch_encode_plus, which infinity-emb 0.0.78 calls; orjson for its
 # responses. Its optimum/ONNX engine needs transformers < 4.58, so it runs its torch engine.
 #   bash bench/setup_infinity.sh [DIR]   (default .bench_infinity)
+# (setup only: bench_serving.py prints the comparison's MET or MISSED)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-.bench_infinity}
