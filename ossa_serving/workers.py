@@ -88,7 +88,10 @@ class _MetricsProxy:
 def _worker_main(inbox, conn, cfg: EngineConfig) -> None:  # runs in the child process
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front decides when we stop
+    # the front decides when we stop: Ctrl-C or a SIGTERM to the whole process group must not
+    # kill engines while the front drains; a front that dies closes our pipe and we exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from ossa_serving.engines import build_engine
 
     metrics = _MetricsProxy()
