@@ -109,6 +109,11 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
     async def _api_error(_: Request, exc: ApiError):
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(EngineGone)
+    async def _engine_gone(_: Request, exc: EngineGone):
+        # an engine process died (at submit or while the request waited): restarted meanwhile
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
         msgs = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
@@ -162,12 +167,7 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             fut = loaded.engine.submit(ids, params, settings.request_timeout_s)
         except QueueFull as e:
             _refuse(e)
-        except EngineGone as e:
-            raise ApiError(503, f"{route}: {e}") from None
-        try:
-            out = await _await(fut, settings.request_timeout_s)
-        except EngineGone as e:
-            raise ApiError(503, f"{route}: {e}") from None
+        out = await _await(fut, settings.request_timeout_s)
         body = {
             "route": route, "domain": loaded.domain, "model_version": loaded.model_version,
             "lineage_id": loaded.lineage_id, "completion": out.text, "finish_reason": out.finish_reason,
@@ -202,12 +202,7 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             fut = embedder.submit(texts, len(texts), settings.request_timeout_s)
         except QueueFull as e:
             _refuse(e)
-        except EngineGone as e:
-            raise ApiError(503, f"embedder: {e}") from None
-        try:
-            return li, await _await(fut, settings.request_timeout_s)
-        except EngineGone as e:
-            raise ApiError(503, f"embedder: {e}") from None
+        return li, await _await(fut, settings.request_timeout_s)
 
     @app.post("/v1/embeddings", responses=COMMON_ERRORS)
     async def embeddings_route(req: EmbeddingsRequest) -> dict[str, Any]:

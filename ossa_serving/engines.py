@@ -419,7 +419,7 @@ class DeploymentWatcher:
         """An engine process that died is started again in the background (its requests got
         503 meanwhile); the route's other state is unchanged."""
         self._restarting = gone.route
-        self.last_error = f"{gone.route}: {gone.engine.gone}; restarting it"
+        self.last_error = f"{gone.engine.gone}; restarting it"
 
         def run():
             try:

@@ -290,8 +290,8 @@ class EngineProcess:
     def _mark_gone(self, why: str) -> None:
         if self.gone:
             return
-        self.gone = why
-        log.error("%s: %s", self.name, why)
+        self.gone = why = f"{self.name}: {why}"  # the 503's message names the engine
+        log.error("%s", why)
         if self._loop is not None:
             self._loop.remove_reader(self._conn.fileno())
         pending, self._pending = self._pending, {}
