@@ -50,6 +50,9 @@ class StageResult:
     artifact: Artifact
     metadata: dict[str, Any] = field(default_factory=dict)
     checks: list[dg.AssetCheckResult] = field(default_factory=list)
+    # the artifact's derived_from is complete: an input it was offered but does not contain
+    # (a release that refused a candidate engine) is not added to its lineage
+    lineage_from_inputs: bool = True
 
 
 def gate(name: str, asset: dg.AssetKey, description: str) -> dg.AssetCheckSpec:
@@ -150,7 +153,8 @@ def artifact_asset(*, kind: str, **asset_kwargs: Any) -> Callable[[Callable[...,
             trained_on = set(art.meta.pop("trained_on", None) or [])
             if art.kind in MODEL_KINDS:
                 trained_on |= {a.lineage_id for a in inputs if a.kind in DATA_KINDS}
-            art.derived_from = sorted(set(art.derived_from) | {a.lineage_id for a in inputs} | trained_on)
+            from_inputs = {a.lineage_id for a in inputs} if result.lineage_from_inputs else set()
+            art.derived_from = sorted(set(art.derived_from) | from_inputs | trained_on)
             # only blocking checks gate consumers; an informational one is reported, not enforced
             failed = sorted(c.check_name for c in result.checks if not c.passed and c.check_name in blocking)
             if failed:

@@ -18,6 +18,7 @@ from ossa_assets.keys import (
     MULTITASK_ADAPTER,
     ONNX_MODEL,
     REALTIME_ADAPTER,
+    RELEASE,
     SOURCE_DOCUMENTS,
     TOKENIZED_CORPUS,
     VECTOR_INDEX,
@@ -55,14 +56,15 @@ refresh_vector_indexes = dg.define_asset_job(
 train_domain_models = dg.define_asset_job(
     "train_domain_models",
     selection=dg.AssetSelection.assets(
-        TOKENIZED_CORPUS, DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, ONNX_MODEL, INT8_MODEL
+        TOKENIZED_CORPUS, DOMAIN_CHECKPOINT, MULTITASK_ADAPTER, ONNX_MODEL, INT8_MODEL, RELEASE
     ),
-    description="Tokenize, fine-tune, adapt, export and quantize one domain's model.",
+    description="Tokenize, fine-tune, adapt, export and quantize one domain's model, and offer it to "
+    "its route's release (champion of an empty route, else a canary challenger).",
 )
 deploy = dg.define_asset_job(
     "deploy",
     selection=dg.AssetSelection.assets(DEPLOYMENT),
-    description="Declare the serving state from the latest engines and index.",
+    description="Declare the serving state from the routes' releases and the search indexes.",
 )
 refresh_realtime_adapter = dg.define_asset_job(
     "refresh_realtime_adapter",

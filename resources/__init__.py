@@ -19,6 +19,7 @@ from resources.graph import GraphStoreResource
 from resources.k8s import GPU_POOL, executor_for, gpu_pod_tags
 from resources.mlflow import MlflowResource
 from resources.qdrant import QdrantResource
+from resources.release import ReleaseStoreResource
 from resources.storage import ArtifactIOManager, ArtifactStore
 
 ENVIRONMENTS = ("local", "prod")
@@ -58,6 +59,7 @@ def build_resources(env: str | None = None) -> dict[str, Any]:
             ),
             "qdrant": QdrantResource(path=str(root / "qdrant")),
             "graph": GraphStoreResource(backend="embedded", data_dir=str(root / "graph")),
+            "releases": ReleaseStoreResource(location=_release_location(root)),
         }
     # prod: artifacts on a shared volume mounted in every pod at the same path
     return {
@@ -76,7 +78,17 @@ def build_resources(env: str | None = None) -> dict[str, Any]:
             password=dg.EnvVar("OSSA_NEO4J_PASSWORD"),
             batch_size=int(os.environ.get("OSSA_NEO4J_BATCH_SIZE", "1000")),
         ),
+        # replicas on several machines follow one release: a shared store by URL
+        "releases": ReleaseStoreResource(location=dg.EnvVar("OSSA_RELEASE_URL")),
     }
+
+
+def _release_location(root: Path) -> str:
+    """OSSA_RELEASE_URL when set (a local run sharing a Postgres release store with servers
+    elsewhere), else the directory under the data root."""
+    from ossa_assets.lib.release import store_location
+
+    return store_location(root, os.environ.get("OSSA_RELEASE_URL") or None)
 
 
 __all__ = [

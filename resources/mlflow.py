@@ -213,3 +213,23 @@ def registry_alias_version(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST: nothing holds the alias
         return None
+
+
+def mirror_release(client, rel) -> dict[str, str | None]:
+    """Point the registry's `champion`/`challenger` aliases where the release points (and drop
+    `challenger` when the release has none), so MLflow cannot disagree with what is served.
+    Written *after* the release moved; the release stays the source of truth. Returns the
+    alias -> version it set (None: removed)."""
+    names = {v.registered_model for v in rel.variants if v.registered_model}
+    done: dict[str, str | None] = {}
+    for name in names:
+        for role in ("champion", "challenger"):
+            v = next((v for v in rel.variants if v.role == role and v.registered_model == name
+                      and v.registry_version), None)
+            if v is not None:
+                set_alias(client, name, role, v.registry_version)
+                done[f"{name}@{role}"] = str(v.registry_version)
+            elif registry_alias_version(client, name, role) is not None:
+                client.delete_registered_model_alias(name, role)
+                done[f"{name}@{role}"] = None
+    return done

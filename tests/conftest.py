@@ -89,6 +89,7 @@ def tiny_resources(data_root: Path, corpus_root: Path) -> dict:
     from resources.corpus import DEFAULT_SOURCES, CorpusSources
     from resources.mlflow import MlflowResource
     from resources.qdrant import QdrantResource
+    from resources.release import ReleaseStoreResource
     from resources.storage import ArtifactIOManager, ArtifactStore
 
     return {
@@ -98,6 +99,7 @@ def tiny_resources(data_root: Path, corpus_root: Path) -> dict:
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}",
                                  artifact_root=str(data_root / "mlflow-artifacts")),
         "qdrant": QdrantResource(path=str(data_root / "qdrant")),
+        "releases": ReleaseStoreResource(location=str(data_root / "serving" / "releases")),
     }
 
 

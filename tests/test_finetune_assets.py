@@ -191,12 +191,15 @@ def test_mlflow_run_ends_with_the_steps_status(tmp_path, data_root):
     assert [m.value for m in client.get_metric_history(runs["fails"].info.run_id, "train_loss")] == [3.0, 2.0, 1.0]
 
 
-def test_adapter_promotion_challenger_and_champion(tmp_path, data_root):
-    """A new adapter is always `challenger`; `champion` only if it passes its checks and is not
-    worse than the champion on the held-out set."""
+def test_adapter_release_eligibility(tmp_path, data_root):
+    """A registered adapter is judged offline: eligible for its route's release only if it passed
+    its checks and is not worse than the live champion on the held-out set. No alias moves here:
+    the aliases mirror the release (tests/test_release.py)."""
     from ossa_assets.corpora.assets import curated_corpus
     from ossa_assets.finetune.assets import base_model, domain_checkpoint, tokenized_corpus
+    from ossa_assets.lib.promotion import ELIGIBLE_TAG
     from ossa_assets.lora.assets import multitask_adapter
+    from resources.mlflow import registry_alias_version
 
     corpus = copy_sample(tmp_path / "corpus")
     resources = tiny_resources(data_root, corpus)
@@ -221,24 +224,26 @@ def test_adapter_promotion_challenger_and_champion(tmp_path, data_root):
     client = resources["mlflow"].client()
     name = f"ossa-{DOMAIN}-adapter"
     v1, p1, run1, ok1 = adapter()
-    assert ok1 and "champion" in p1 and str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert ok1 and p1.startswith(f"v{v1} eligible for release: no champion yet"), p1
+    assert client.get_model_version(name, v1).tags[ELIGIBLE_TAG] == "true"
     assert run1.info.status == "FINISHED" and run1.data.tags["ossa.gates"] == "passed"
     # a diverged adapter fails its blocking check: Dagster fails the step, MLflow says FAILED, and
-    # no version is registered, so no alias can ever name it
+    # no version is registered, so no release can ever name it
     _, p2, run2, ok2 = adapter(learning_rate=0.5)
     assert not ok2 and p2.startswith("not registered: blocking check failed")
     assert run2.info.status == "FAILED" and run2.data.tags["ossa.gates"] == "failed"
     assert run2.data.tags["ossa.failed_checks"] == "adapter_not_worse_than_checkpoint"
     assert not client.search_model_versions(f"name='{name}' and run_id='{run2.info.run_id}'")
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == v1
-    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
-    # a sound one is compared with the champion on the same held-out documents
+    assert registry_alias_version(client, name, "champion") is None  # judging moves no alias
+    # with a live champion (the release asset mirrors it into the alias), a sound one is
+    # compared with it on the same held-out documents
+    client.set_registered_model_alias(name, "champion", v1)
     v3, p3, run3, ok3 = adapter(seed=1)
     assert ok3 and run3.info.status == "FINISHED" and int(v3) == int(v1) + 1
-    champion = str(client.get_model_version_by_alias(name, "champion").version)
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == v3
-    assert p3.startswith(f"v{v3} {'champion' if champion == v3 else 'challenger'}:"), p3
-    assert "held-out loss" in p3 and f"v{v1}" not in p3  # compared with the champion's loss
+    eligible = client.get_model_version(name, v3).tags[ELIGIBLE_TAG]
+    assert p3.startswith(f"v{v3} {'eligible' if eligible == 'true' else 'not eligible'} for release:"), p3
+    assert "held-out loss" in p3 and f"v{v1}" in p3  # compared with the champion's loss
+    assert str(registry_alias_version(client, name, "champion").version) == v1
 
 
 def test_an_alias_never_names_a_version_that_failed_its_gates(data_root):

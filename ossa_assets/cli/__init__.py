@@ -7,6 +7,9 @@
   ossa lineage upstream X     the chain from an endpoint route or asset key back to its corpora
   ossa lineage downstream X   everything derived from an artifact
   ossa lineage sync|rebuild   write new (or all) materializations into the lineage graph
+  ossa release show|history   what is live on each route (variants, weights, who moved it, why)
+  ossa release promote|rollback|pin ROUTE --by NAME --reason TEXT
+                              move a route's release by hand (audited)
   ossa store stop             stop the embedded lineage graph server
   ossa doctor [--repair]      what a crash left behind (orphaned runs, held pool slots, stale
                               locks), and its repair
@@ -25,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+from ossa_assets.cli import release as release_cli  # noqa: E402
 from ossa_assets.cli.lineage import _cmd_lineage, lineage_check, lineage_sync  # noqa: E402
 from ossa_assets.cli.materialize import MaterializeSummary, materialize  # noqa: E402
 from ossa_assets.cli.serve import _cmd_run, _serve, smoke_test  # noqa: E402
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     lg.add_argument("--partition", help="partition of the asset key (e.g. api_spec)")
     lg.add_argument("--documents", type=int, default=20, help="upstream/diff: documents listed (the rest counted)")
     lg.add_argument("--json", action="store_true")
+    release_cli.add_parser(sub)
     st = sub.add_parser("store", help="the embedded lineage graph server")
     st.add_argument("action", choices=["stop"])
     dr = sub.add_parser("doctor", help="show (and --repair) what a crash left behind")
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args)
     if args.cmd == "lineage":
         return _cmd_lineage(args)
+    if args.cmd == "release":
+        return release_cli.cmd_release(args)
     if args.cmd == "doctor":
         from ossa_assets.cli.instance import doctor
 

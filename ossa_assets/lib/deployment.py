@@ -36,6 +36,9 @@ class RouteSpec:
     engine: str = "onnxruntime-int8"
     # the decoding step with its KV cache, beside model_file; None: the server recomputes
     kv_model_file: str | None = None
+    # the engine directory's content hash (publish_versioned): lets a release refuse an engine
+    # whose files changed since it was published (lib.release.verify_engine); None: not checked
+    content_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class DeploymentState:
     search: SearchSpec = field(default_factory=SearchSpec)
     declared_at: str | None = None
     dagster_run_id: str | None = None
+    # the release store the server follows for each route's variants (lib/release.py), and
+    # the release versions this state was declared from; None: serve `routes` as they are
+    release_store: str | None = None
+    releases: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -85,7 +92,8 @@ class DeploymentState:
                 raise DeploymentError(f"{key}: a non-empty string is required")
         return cls(version=d["version"], lineage_id=d["lineage_id"], routes=routes,
                    search=SearchSpec(url=search.get("url"), path=search.get("path"), indexes=indexes),
-                   declared_at=d.get("declared_at"), dagster_run_id=d.get("dagster_run_id"))
+                   declared_at=d.get("declared_at"), dagster_run_id=d.get("dagster_run_id"),
+                   release_store=d.get("release_store"), releases=dict(_obj(d.get("releases") or {}, "releases")))
 
 
 def _obj(v: Any, where: str) -> dict:

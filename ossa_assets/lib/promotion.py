@@ -1,9 +1,11 @@
-"""The promotion rule: challenger -> champion.
+"""The offline promotion rule: may a new model version enter its route's release?
 
-Every new model version becomes the registry's `challenger`. It becomes `champion` only if its
-blocking checks passed and, on the same held-out set, it is not worse than the current champion
-(within a relative tolerance, so evaluation noise does not flip-flop the alias). Without a
-champion, a challenger that passed its checks is promoted.
+Only if its blocking checks passed and, on the same held-out set, it is not worse than the live
+champion (within a relative tolerance, so evaluation noise does not flip-flop). Without a
+champion, a version that passed its checks is eligible. The verdict is tagged on the registered
+version (`ossa.release_eligible`); the release (lib/release.py) then lets it in as the champion
+of an empty route or as the challenger beside the live champion, and the MLflow aliases below
+mirror that release.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ELIGIBLE_TAG = "ossa.release_eligible"  # "true" | "false", on a registered version
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def multitask_adapter(
             )
             promotion = _promote(run.client, name, model_version, domain, adapter_loss, val_texts, config)
         else:
-            # failed its gate: a FAILED MLflow run, no registered version, so no alias can name it
+            # failed its gate: a FAILED MLflow run, no registered version, so no release can name it
             promotion = f"not registered: blocking check failed ({check.description})"
         context.log.info(f"{name}: {promotion}")
     return StageResult(
@@ -167,13 +167,13 @@ def multitask_adapter(
 
 
 def _promote(client, name: str, version: str, domain: str, loss: float, val_texts: list[str], config) -> str:
-    """A registered version (it passed its gate) is `challenger`; `champion` if it is not worse than
-    the champion on today's held-out documents (lib.promotion). Aliases move through `set_alias`,
-    which refuses a version that did not pass its gates."""
-    from ossa_assets.lib.promotion import CHALLENGER, CHAMPION, decide
-    from resources.mlflow import registry_alias_version, set_alias
+    """The offline judgement of a registered version (it passed its gate): eligible for the
+    release if it is not worse than the live champion on today's held-out documents
+    (lib.promotion). No alias moves here: `champion`/`challenger` mirror the route's release
+    and move only with it (serving/release), so MLflow cannot disagree with what is served."""
+    from ossa_assets.lib.promotion import CHAMPION, ELIGIBLE_TAG, decide
+    from resources.mlflow import registry_alias_version
 
-    set_alias(client, name, CHALLENGER, version)
     champion = registry_alias_version(client, name, CHAMPION)
     champion_loss = None
     if champion is not None and str(champion.version) != str(version):
@@ -186,11 +186,11 @@ def _promote(client, name: str, version: str, domain: str, loss: float, val_text
         else:  # its files are gone: fall back to the loss it recorded when it was registered
             champion_loss = float(tags.get("val_loss", "nan"))
     decision = decide(True, loss, champion_loss, config.promotion_tolerance)
-    if decision.promote:
-        set_alias(client, name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion", decision.reason)
-    verdict = "champion" if decision.promote else "challenger"
-    return f"v{version} {verdict}: {decision.reason}"
+    reason = decision.reason + (f" (champion v{champion.version})" if champion_loss is not None else "")
+    client.set_model_version_tag(name, version, ELIGIBLE_TAG, "true" if decision.promote else "false")
+    client.set_model_version_tag(name, version, "promotion", reason)
+    verdict = "eligible for release" if decision.promote else "not eligible for release"
+    return f"v{version} {verdict}: {reason}"
 
 
 def _latest_earlier_hour(store: ArtifactStore, before: str) -> Artifact | None:

@@ -67,7 +67,10 @@ def onnx_model(
         _copy_tokenizer(out / "merged", out)
         final, version = publish_versioned(out, parent)
     return StageResult(
-        Artifact(kind="OnnxModel", path=str(final), data_version=version, meta={"domain": context.partition_key}),
+        Artifact(kind="OnnxModel", path=str(final), data_version=version,
+                 # the registry version whose aliases will mirror the release that serves it
+                 meta={"domain": context.partition_key, "registered_model": adapter.meta.get("registered_model"),
+                       "registry_version": adapter.meta.get("model_version")}),
         metadata={
             "onnx_bytes": info["bytes"],
             "export_seconds": dg.FloatMetadataValue(round(info["export_seconds"], 2)),
@@ -143,6 +146,8 @@ def int8_model(
                 "model_file": "model.int8.onnx",
                 "kv_model_file": kv_file,
                 "top1_agreement": agreement["agreement"],
+                "registered_model": onnx.meta.get("registered_model"),
+                "registry_version": onnx.meta.get("registry_version"),
             },
         ),
         metadata={
