@@ -142,17 +142,21 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         raise ApiError(429, str(e), {"Retry-After": str(e.retry_after_s)})
 
     async def _generate(route: str, req: GenerateRequest, request: Request) -> JSONResponse:
-        loaded = watcher.routes.get(route)
-        if loaded is None:
+        rid = request.state.request_id
+        # sticky A/B: one caller (X-Ossa-Key) sees one variant; without a key, each request draws
+        served = watcher.pick(route, request.headers.get("x-ossa-key") or rid)
+        if served is None:
             raise ApiError(503, f"{route} has no deployed model yet: materialize serving/deployment")
+        loaded = served.loaded
         key = cache_key(loaded.model_version, route, req.model_dump())
         # a sampled answer without a seed is a fresh draw each time: never served from the cache
         cacheable = req.temperature == 0 or req.seed is not None
         hit = cache.get(key) if cacheable else None
-        rid = request.state.request_id
-        headers = {"x-model-version": loaded.model_version, "x-lineage-id": loaded.lineage_id}
+        variant = {"variant": served.name, "variant_role": served.role, "release": served.release}
+        headers = {"x-model-version": loaded.model_version, "x-lineage-id": loaded.lineage_id,
+                   "x-ossa-variant": served.role}
         if hit is not None:
-            return JSONResponse({**hit, "cached": True, "request_id": rid}, headers=headers)
+            return JSONResponse({**hit, **variant, "cached": True, "request_id": rid}, headers=headers)
         prompt = loaded.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
         ids = [loaded.domain_token_id, *prompt]
         window = loaded.engine.window
@@ -176,7 +180,7 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         }
         if cacheable:
             cache.set(key, body)
-        return JSONResponse({**body, "cached": False, "request_id": rid}, headers=headers)
+        return JSONResponse({**body, **variant, "cached": False, "request_id": rid}, headers=headers)
 
     def _route_handler(route: str):
         async def handler(req: GenerateRequest, request: Request) -> GenerateResponse:
@@ -241,11 +245,15 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         return {
             "deployment_version": state.version if state else None,
             "deployment_lineage_id": state.lineage_id if state else None,
+            # the live variants, from the release each route follows (not the state at deploy time)
             "models": [
-                {"route": r.route, "domain": r.domain, "model_version": r.model_version, "lineage_id": r.lineage_id,
-                 "engine": state.routes[r.route].engine, "kv_cache": r.engine.kv_cache,
+                {"route": route, "domain": s.loaded.domain, "model_version": s.loaded.model_version,
+                 "lineage_id": s.loaded.lineage_id, "variant": s.name, "variant_role": s.role,
+                 "weight": s.weight, "release": s.release,
+                 "pinned_by": _pinned_by(route, s.name),
+                 "engine": _engine_kind(route, s.name), "kv_cache": s.loaded.engine.kv_cache,
                  "capabilities": ["generate"]}
-                for r in sorted(watcher.routes.values(), key=lambda r: r.route)
+                for route, served in sorted(watcher.variants.items()) for s in served
             ],
             "search": {
                 kind: {"alias": idx.alias, "collection": idx.collection, "model_version": idx.model_version,
@@ -255,6 +263,19 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             },
             "embedders": dict(embedders.backends),  # model path -> onnx:<file> | torch
         }
+
+    def _pinned_by(route: str, name: str) -> str | None:
+        rel = watcher.releases.get(route)
+        v = rel.variant_named(name) if rel else None
+        return v.pinned_by if v else None
+
+    def _engine_kind(route: str, name: str) -> str:
+        rel = watcher.releases.get(route)
+        v = rel.variant_named(name) if rel else None
+        if v is not None:
+            return v.spec.engine
+        state = watcher.state
+        return state.routes[route].engine if state and route in state.routes else "onnxruntime-int8"
 
     def _lineage(fn):
         if settings.graph_factory is None:
@@ -315,8 +336,12 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         ok = bool(watcher.routes) and not runtime["draining"]
         search = runtime["search"]
         return JSONResponse({"ready": ok, "routes": sorted(watcher.routes),
+                             "releases": {r: rel.version for r, rel in sorted(watcher.releases.items())},
                              "search": sorted(search.live) if search else [],
                              "last_reload_error": watcher.last_error,
+                             # a release that was refused (missing or corrupt engine): the route
+                             # keeps serving its previous variants
+                             "release_errors": dict(watcher.release_errors),
                              "search_error": search.last_error if search else None},
                             status_code=200 if ok else 503)
 
@@ -358,7 +383,7 @@ class _Front:
         scope.setdefault("state", {})["request_id"] = rid
         path, method = scope["path"], scope["method"]
         t0 = time.perf_counter()
-        seen: dict[str, Any] = {"status": 500, "version": "", "lineage": "-"}
+        seen: dict[str, Any] = {"status": 500, "version": "", "lineage": "-", "variant": "-"}
         if self.runtime["draining"] and path not in ("/health", "/metrics"):
             seen["status"] = 503
             await _send_json(send, 503, {"error": "server is shutting down; retry on another replica"}, rid)
@@ -385,6 +410,8 @@ class _Front:
                             seen["version"] = v.decode()
                         elif k == b"x-lineage-id":
                             seen["lineage"] = v.decode()
+                        elif k == b"x-ossa-variant":
+                            seen["variant"] = v.decode()
                     msg = {**msg, "headers": [*hs, (b"x-request-id", rid.encode())]}
                 await send(msg)
 
@@ -415,10 +442,11 @@ class _Front:
 
     def _record(self, method: str, path: str, seen: dict[str, Any], t0: float, rid: str) -> None:
         seconds = time.perf_counter() - t0
-        self.metrics.request(path if path in self.known() else "other", seen["version"], seen["status"], seconds)
+        self.metrics.request(path if path in self.known() else "other", seen["version"], seen["status"], seconds,
+                             seen["variant"])
         if access.isEnabledFor(logging.INFO):
-            access.info("%s %s %d %.1fms request_id=%s lineage_id=%s", method, path, seen["status"],
-                        seconds * 1000, rid, seen["lineage"])
+            access.info("%s %s %d %.1fms request_id=%s lineage_id=%s variant=%s", method, path, seen["status"],
+                        seconds * 1000, rid, seen["lineage"], seen["variant"])
 
 
 async def _read_body(receive, limit: int, timeout_s: float) -> bytes | tuple[int, str]:

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--state", default=None, help="deployment state file (default: <OSSA_DATA_ROOT>/serving/deployment.json)")
+    p.add_argument("--release-store", default=None,
+                   help="follow this release store (a postgresql:// URL, or a directory) for the routes' variants; "
+                        "default: OSSA_RELEASE_URL, else the store the deployment state names")
     p.add_argument("--drain-s", type=float, default=30.0)
     p.add_argument("--naive", action="store_true",
                    help="the pre-batching server (one thread per request), kept as the benchmarks' baseline")
@@ -60,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         app.state.runtime = {"draining": False, "in_flight": 0}
     else:
         from ossa_serving.app import create_app
+        from ossa_serving.settings import Settings
 
-        app = create_app(args.state)
+        settings = Settings.from_env(args.state)
+        settings.release_store = args.release_store or settings.release_store
+        app = create_app(settings=settings)
     make_server(app, args.host, args.port, args.drain_s).run()
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -336,12 +336,34 @@ def load_route(route: str, spec: Any, settings: Any, metrics: Any = None) -> Loa
                        tokenizer.convert_tokens_to_ids(token))
 
 
-class DeploymentWatcher:
-    """Holds the live engines; reloads when the deployment state file changes.
+@dataclass(frozen=True)
+class Served:
+    """One variant of a route's release, loaded: what a request is sent to."""
 
-    New engines load beside the old ones and are swapped in whole; the old ones finish what
-    they have queued before they close. A state that fails to load leaves the previous engines
-    serving and is reported on /health and /ready."""
+    name: str
+    role: str  # champion | challenger | "deployed" (no release: the state file's route)
+    weight: float
+    loaded: LoadedRoute
+    release: str | None  # the release's lineage id, "serving/release[<route>]@<version>"
+
+
+def _sticky_u(route: str, key: str) -> float:
+    """A caller's fixed point in [0, 1) for a route: the same key sees the same variant for as
+    long as the weights stay."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"{route}\x00{key}".encode(), digest_size=8).digest(), "big") / 2.0**64
+
+
+class DeploymentWatcher:
+    """Holds the live engines; reloads when the deployment state file or a route's release moves.
+
+    Each route serves its release's variants (lib/release.py) when the state names a release
+    store (or OSSA_RELEASE_URL does): a background thread polls the store's versions, so every
+    replica following one store switches on the same move, a rollback or a pin included. New
+    engines load (and verify) beside the old ones and are swapped in whole; the old ones finish
+    what they have queued before they close. A state or a release that fails to load leaves the
+    previous engines serving and is reported on /health and /ready."""
 
     def __init__(self, settings: Any, metrics: Any = None):
         self.settings = settings
@@ -350,12 +372,36 @@ class DeploymentWatcher:
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self.state = None  # lib.deployment.DeploymentState
-        self.routes: dict[str, LoadedRoute] = {}
+        self.routes: dict[str, LoadedRoute] = {}  # each route's champion (or its only engine)
+        self.variants: dict[str, tuple[Served, ...]] = {}
+        self.releases: dict[str, Any] = {}  # route -> lib.release.Release being served
+        self.release_errors: dict[str, str] = {}
         self.last_error: str | None = None
         self.reloads = 0
         self._restarting: str | None = None
         self._restart_after = 0.0
         self._loading = False
+        self._store = None
+        self._follow: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # -- what a request is sent to --------------------------------------------------------
+
+    def pick(self, route: str, key: str) -> Served | None:
+        """The variant serving this caller: sticky by `key`, in proportion to the weights."""
+        served = self.variants.get(route)
+        if not served:
+            return None
+        if len(served) == 1:
+            return served[0]
+        u, acc = _sticky_u(route, key), 0.0
+        for s in served:
+            acc += s.weight
+            if u < acc:
+                return s
+        return served[-1]
+
+    # -- following the state file and the release store -----------------------------------
 
     def poll(self) -> None:
         """The request path's check (one stat): a changed state file loads in a background
@@ -363,9 +409,10 @@ class DeploymentWatcher:
         engine is restarted the same way. Loading a route starts a process (seconds): never
         on the event loop."""
         if self._restarting is None and time.monotonic() >= self._restart_after:
-            for lr in self.routes.values():
-                if getattr(lr.engine, "gone", None):
-                    self._restart(lr)
+            for ss in self.variants.values():
+                dead = next((s.loaded for s in ss if getattr(s.loaded.engine, "gone", None)), None)
+                if dead is not None:
+                    self._restart(dead)
                     break
         try:
             mtime = self.state_path.stat().st_mtime
@@ -383,6 +430,18 @@ class DeploymentWatcher:
 
         threading.Thread(target=load, name="deployment-reload", daemon=True).start()
 
+    def release_store(self):
+        """OSSA_RELEASE_URL (settings) wins over the state's own store: a replica elsewhere."""
+        loc = getattr(self.settings, "release_store", None) or (self.state.release_store if self.state else None)
+        if loc is None:
+            return None
+        if self._store is None or getattr(self._store, "_loc", None) != loc:
+            from ossa_assets.lib.release import open_store
+
+            self._store = open_store(loc)
+            self._store._loc = loc
+        return self._store
+
     def refresh(self) -> None:
         """Load the state file now if it changed (start-up, and poll's background thread)."""
         from ossa_assets.lib.deployment import read_state
@@ -390,30 +449,124 @@ class DeploymentWatcher:
         try:
             mtime = self.state_path.stat().st_mtime
         except FileNotFoundError:
+            mtime = None
+        if mtime is None and not getattr(self.settings, "release_store", None):
             return
-        if mtime == self._mtime:
+        if mtime is not None and mtime == self._mtime:
             return
         with self._lock:
-            if mtime == self._mtime:
+            if mtime is not None and mtime == self._mtime:
                 return
             try:
-                state = read_state(self.state_path)
-                routes = self._load_routes(state)
+                state = read_state(self.state_path) if mtime is not None else None
+                store = self.release_store() if state is None else self._store_for(state)
+                releases = self._read_releases(store)
+                variants = self._load(state, releases)
             except Exception as e:  # keep serving the previous deployment
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("deployment reload failed; previous engines stay live")
                 self._mtime = mtime  # don't retry a broken file on every request
                 return
-            old = self.routes
-            self.state, self.routes, self._mtime = state, routes, mtime
+            self.state, self._mtime = state, mtime
             self.last_error = None
-            self.reloads += 1
-            for r, lr in old.items():
-                if routes.get(r) is not lr:
-                    threading.Thread(target=_drain_and_close, args=(lr.engine,), daemon=True).start()
-            if self.metrics:
-                self.metrics.model_info(state, routes)
-            log.info("deployment %s live: %s", state.version, sorted(routes))
+            self._swap(variants, releases)
+            if state is not None:
+                log.info("deployment %s live: %s", state.version, sorted(self.routes))
+        if self._store is not None and self._follow is None:
+            self._follow = threading.Thread(target=self._follow_releases, name="release-follow", daemon=True)
+            self._follow.start()
+
+    def _store_for(self, state):
+        prev, self.state = self.state, state
+        try:
+            return self.release_store()
+        finally:
+            self.state = prev
+
+    def _read_releases(self, store) -> dict[str, Any]:
+        if store is None:
+            return {}
+        from ossa_assets.lib.domains import ROUTES
+
+        return {r: rel for r in ROUTES if (rel := store.get(r)) is not None}
+
+    def _follow_releases(self) -> None:
+        """Poll the release store's versions; a moved route loads its new variants."""
+        poll_s = getattr(self.settings, "release_poll_s", 0.5)
+        while not self._closed.wait(poll_s):
+            store = self._store
+            try:
+                versions = store.versions()
+            except Exception as e:  # the store is unreachable: keep serving what is loaded
+                self.release_errors["*"] = f"release store unreachable: {type(e).__name__}: {e}"
+                continue
+            self.release_errors.pop("*", None)
+            if all(self.releases.get(r) is not None and self.releases[r].version == v for r, v in versions.items()):
+                continue
+            with self._lock:
+                try:
+                    releases = self._read_releases(store)
+                    variants = self._load(self.state, releases)
+                except Exception as e:
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.exception("release reload failed; previous engines stay live")
+                    continue
+                self._swap(variants, releases)
+
+    def _load(self, state, releases: dict[str, Any]) -> dict[str, tuple[Served, ...]]:
+        """Every route's variants, loaded: a route's new release that fails to verify or load
+        keeps the route's current variants (and release), with the error kept for /ready."""
+        from ossa_assets.lib.release import verify_engine
+
+        current = {s.loaded.model_version: s.loaded for ss in self.variants.values() for s in ss}
+        out: dict[str, tuple[Served, ...]] = {}
+        routes = set(state.routes if state else ()) | set(releases)
+        for route in sorted(routes):
+            rel = releases.get(route)
+            if rel is None:
+                spec = state.routes[route]
+                lr = current.get(spec.model_version) or load_route(route, spec, self.settings, self.metrics)
+                out[route] = (Served(spec.model_version, "deployed", 1.0, lr, None),)
+                continue
+            old = self.releases.get(route)
+            if old is not None and old.version == rel.version and route in self.variants:
+                out[route] = self.variants[route]
+                continue
+            try:
+                served = []
+                for v in sorted(rel.variants, key=lambda v: v.role != "champion"):
+                    lr = current.get(v.spec.model_version)
+                    if lr is None:
+                        verify_engine(v.spec)
+                        lr = load_route(route, v.spec, self.settings, self.metrics)
+                        current[v.spec.model_version] = lr
+                    served.append(Served(v.name, v.role, v.weight, lr, rel.lineage_id))
+                out[route] = tuple(served)
+                self.release_errors.pop(route, None)
+            except Exception as e:
+                msg = f"{route}: release v{rel.version} refused: {type(e).__name__}: {e}"
+                log.error("%s; the route keeps serving what it served", msg)
+                self.release_errors[route] = msg
+                releases[route] = old
+                if route in self.variants:
+                    out[route] = self.variants[route]
+                elif old is None:
+                    releases.pop(route, None)
+        return out
+
+    def _swap(self, variants: dict[str, tuple[Served, ...]], releases: dict[str, Any]) -> None:
+        old = {id(s.loaded): s.loaded for ss in self.variants.values() for s in ss}
+        keep = {id(s.loaded) for ss in variants.values() for s in ss}
+        self.variants = variants
+        self.releases = {r: rel for r, rel in releases.items() if rel is not None}
+        self.routes = {r: ss[0].loaded for r, ss in variants.items()}
+        self.reloads += 1
+        for k, lr in old.items():
+            if k not in keep:
+                threading.Thread(target=_drain_and_close, args=(lr.engine,), daemon=True).start()
+        if self.metrics:
+            self.metrics.model_info(self.state, self.variants)
+        log.info("serving %s", {r: [f"{s.name}:{s.role}:{s.weight:g}" for s in ss] for r, ss in variants.items()})
 
     def _restart(self, gone: LoadedRoute) -> None:
         """An engine process that died is started again in the background (its requests got
@@ -423,11 +576,17 @@ class DeploymentWatcher:
 
         def run():
             try:
-                spec = self.state.routes[gone.route]
+                served = next((s for ss in self.variants.values() for s in ss if s.loaded is gone), None)
+                rel = self.releases.get(gone.route)
+                v = rel.variant_named(served.name) if rel and served else None
+                spec = v.spec if v else self.state.routes[gone.route]
                 fresh = load_route(gone.route, spec, self.settings, self.metrics)
                 with self._lock:
-                    if self.routes.get(gone.route) is gone:
-                        self.routes = {**self.routes, gone.route: fresh}
+                    ss = self.variants.get(gone.route, ())
+                    if any(s.loaded is gone for s in ss):
+                        new = tuple(replace(s, loaded=fresh) if s.loaded is gone else s for s in ss)
+                        self.variants = {**self.variants, gone.route: new}
+                        self.routes = {**self.routes, gone.route: new[0].loaded}
                         self.last_error = None
                         log.warning("%s: engine restarted", gone.route)
                     else:  # a new deployment replaced it meanwhile
@@ -442,18 +601,9 @@ class DeploymentWatcher:
 
         threading.Thread(target=run, name=f"restart {gone.route}", daemon=True).start()
 
-    def _load_routes(self, state) -> dict[str, LoadedRoute]:
-        loaded: dict[str, LoadedRoute] = {}
-        for route, spec in state.routes.items():
-            current = self.routes.get(route)
-            if current and current.model_version == spec.model_version:
-                loaded[route] = current  # unchanged: no reload
-                continue
-            loaded[route] = load_route(route, spec, self.settings, self.metrics)
-        return loaded
-
     def close(self) -> None:
-        for lr in self.routes.values():
+        self._closed.set()
+        for lr in {id(s.loaded): s.loaded for ss in self.variants.values() for s in ss}.values():
             lr.engine.close()
 
 

@@ -12,7 +12,10 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
-        self.latency = Histogram("ossa_request_seconds", "Request latency", ["route", "model_version", "status"],
+        # variant: the release role that answered (champion | challenger; "deployed" without a
+        # release; "-" for requests no model answered): what the rollback judgement compares
+        self.latency = Histogram("ossa_request_seconds", "Request latency",
+                                 ["route", "model_version", "variant", "status"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.responses = Counter("ossa_responses_total", "Responses by status", ["route", "status"], registry=r)
         self.batch_size = Histogram("ossa_batch_size", "Requests admitted per batch", ["engine"],
@@ -21,8 +24,8 @@ class Metrics:
                                      ["engine"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("ossa_queue_depth", "Requests waiting per engine", ["engine"], registry=r)
         self.generated = Counter("ossa_generated_tokens_total", "Tokens generated", ["engine"], registry=r)
-        self.info = Gauge("ossa_model_info", "The model serving a route (value 1)",
-                          ["route", "model_version", "lineage_id"], registry=r)
+        self.info = Gauge("ossa_model_info", "A model serving a route (value: its traffic weight)",
+                          ["route", "model_version", "lineage_id", "variant", "release"], registry=r)
 
     def batch(self, engine: str, n: int, delays: list[float], depth: int) -> None:
         self.batch_size.labels(engine).observe(n)
@@ -33,14 +36,16 @@ class Metrics:
     def tokens(self, engine: str, n: int) -> None:
         self.generated.labels(engine).inc(n)
 
-    def request(self, route: str, model_version: str, status: int, seconds: float) -> None:
-        self.latency.labels(route, model_version or "-", str(status)).observe(seconds)
+    def request(self, route: str, model_version: str, status: int, seconds: float, variant: str = "-") -> None:
+        self.latency.labels(route, model_version or "-", variant or "-", str(status)).observe(seconds)
         self.responses.labels(route, str(status)).inc()
 
-    def model_info(self, state: Any, routes: dict[str, Any]) -> None:
+    def model_info(self, state: Any, variants: dict[str, Any]) -> None:
+        """`variants`: route -> the engines.Served variants now answering it."""
         self.info.clear()
-        for r, lr in routes.items():
-            self.info.labels(r, lr.model_version, lr.lineage_id).set(1)
+        for r, served in variants.items():
+            for s in served:
+                self.info.labels(r, s.loaded.model_version, s.loaded.lineage_id, s.role, s.release or "-").set(s.weight)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

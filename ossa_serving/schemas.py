@@ -63,6 +63,10 @@ class GenerateResponse(BaseModel):
     latency_ms: float
     cached: bool
     request_id: str
+    variant: str = Field(description="The release variant that answered (its versioned name)")
+    variant_role: Literal["champion", "challenger", "deployed"] = Field(
+        description="champion or challenger of the route's release; deployed: no release store")
+    release: Optional[str] = Field(description="The release served, serving/release[<route>]@<version>")
 
 
 class SearchRequest(BaseModel):

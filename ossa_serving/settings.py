@@ -54,6 +54,10 @@ class Settings:
     onnx_cache_dir: Path = field(default_factory=lambda: Path(os.environ.get(
         "OSSA_SERVE_ONNX_CACHE", Path.home() / ".cache" / "ossa" / "embedders")))
     search_poll_s: float = 1.0  # how often the search copy checks for a moved alias
+    # the release store to follow (lib/release.py); None: the one the deployment state names.
+    # Set on a replica that shares no file system with the deployment (a postgresql:// URL)
+    release_store: str | None = None
+    release_poll_s: float = 0.5  # how often the release versions are checked
     graph_factory: Callable[[], Any] | None = None
 
     @classmethod
@@ -75,6 +79,8 @@ class Settings:
             embedder_backend=os.environ.get("OSSA_SERVE_EMBEDDER_BACKEND", "onnx"),
             engine_processes=os.environ.get("OSSA_SERVE_ENGINE_PROCESSES", "1") not in ("0", "false", "no"),
             graph_factory=graph_factory_from_env(root),
+            release_store=os.environ.get("OSSA_RELEASE_URL") or None,
+            release_poll_s=_float("OSSA_SERVE_RELEASE_POLL_S", 0.5),
         )
         for k, v in overrides.items():
             setattr(s, k, v)
