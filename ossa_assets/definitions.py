@@ -16,6 +16,7 @@ from ossa_assets.quantize import assets as quantize_assets
 from ossa_assets.serving import assets as serving_assets
 from resources import active_env, build_resources, executor_for
 from sensors.automation import automation_sensor
+from sensors.canary import canary_judge
 from sensors.corpus_sources import corpus_sources_sensor
 from sensors.lineage import build_lineage_sensor
 from sensors.new_documents import new_documents_sensor
@@ -35,7 +36,7 @@ defs = dg.Definitions(
     assets=all_assets,
     jobs=jobs.ALL_JOBS,
     sensors=[build_lineage_sensor(ASSET_KEYS), automation_sensor, corpus_sources_sensor,
-             new_documents_sensor],
+             new_documents_sensor, canary_judge],
     resources=build_resources(),
     executor=executor_for(active_env()),
 )

@@ -9,6 +9,7 @@ warm), /metrics (Prometheus). Every answer is JSON; every error a JSON body with
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import gc
@@ -29,6 +30,8 @@ from ossa_serving.batching import DeadlineExceeded, QueueFull
 from ossa_serving.schemas import (
     EmbeddingsRequest,
     ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
     SearchRequest,
@@ -79,6 +82,9 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
     embedders = EmbedderPool(settings, metrics)
     cache = make_cache(settings.cache_url)
     runtime: dict[str, Any] = {"draining": False, "in_flight": 0, "search": None}
+    # request id -> the variant that answered it, for POST /v1/feedback (bounded: oldest out)
+    answered: collections.OrderedDict[str, tuple[str, str, str, bool]] = collections.OrderedDict()
+    judge = _Judge(metrics, settings.validity_sample_rate)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -148,6 +154,8 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         if served is None:
             raise ApiError(503, f"{route} has no deployed model yet: materialize serving/deployment")
         loaded = served.loaded
+        # the front attributes this request's outcome (a 504 or 503 included) to the variant
+        request.state.served = (loaded.model_version, served.role, loaded.lineage_id)
         key = cache_key(loaded.model_version, route, req.model_dump())
         # a sampled answer without a seed is a fresh draw each time: never served from the cache
         cacheable = req.temperature == 0 or req.seed is not None
@@ -156,6 +164,7 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         headers = {"x-model-version": loaded.model_version, "x-lineage-id": loaded.lineage_id,
                    "x-ossa-variant": served.role}
         if hit is not None:
+            _answered(rid, route, loaded.model_version, served.role)
             return JSONResponse({**hit, **variant, "cached": True, "request_id": rid}, headers=headers)
         prompt = loaded.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
         ids = [loaded.domain_token_id, *prompt]
@@ -180,7 +189,33 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
         }
         if cacheable:
             cache.set(key, body)
+        _answered(rid, route, loaded.model_version, served.role)
+        judge.maybe(route, loaded.domain, loaded.model_version, served.role, req.prompt + out.text)
         return JSONResponse({**body, **variant, "cached": False, "request_id": rid}, headers=headers)
+
+    def _answered(rid: str, route: str, model_version: str, role: str) -> None:
+        answered[rid] = (route, model_version, role, False)
+        answered.move_to_end(rid)
+        while len(answered) > 100_000:
+            answered.popitem(last=False)
+
+    @app.post("/v1/feedback", responses={404: _err("No recent generation has this request_id"),
+                                         409: _err("Feedback for this request was already recorded"),
+                                         **{k: v for k, v in COMMON_ERRORS.items() if k in (400, 408, 413, 415, 422)}})
+    async def feedback(req: FeedbackRequest) -> FeedbackResponse:
+        """A caller's verdict on one answer: counted for the variant that gave it (the live
+        judgement's feedback signal)."""
+        seen = answered.get(req.request_id)
+        if seen is None:
+            raise ApiError(404, f"no recent generation has request_id {req.request_id!r} "
+                                "(feedback is kept for the last 100000 answers)")
+        route, model_version, role, given = seen
+        if given:
+            raise ApiError(409, f"feedback for request {req.request_id!r} was already recorded")
+        answered[req.request_id] = (route, model_version, role, True)
+        metrics.outcome(route, model_version, role, f"feedback_{req.rating}")
+        return FeedbackResponse(recorded=True, request_id=req.request_id, route=route, variant=model_version,
+                                variant_role=role)
 
     def _route_handler(route: str):
         async def handler(req: GenerateRequest, request: Request) -> GenerateResponse:
@@ -430,6 +465,9 @@ class _Front:
                 await self.app(scope, receive, send_with_id)
             finally:
                 self.runtime["in_flight"] -= 1
+                served = scope["state"].get("served")
+                if served:  # also for an error answer, which carries no model headers
+                    seen["version"], seen["variant"], seen["lineage"] = served
                 self._record(method, path, seen, t0, rid)
             return
         self._record(method, path, seen, t0, rid)
@@ -442,11 +480,48 @@ class _Front:
 
     def _record(self, method: str, path: str, seen: dict[str, Any], t0: float, rid: str) -> None:
         seconds = time.perf_counter() - t0
+        if seen["variant"] != "-":  # a model answered (or failed to): judged for its variant
+            status = seen["status"]
+            if status >= 500:
+                self.metrics.outcome(path, seen["version"], seen["variant"], "error")
+            elif status == 200:
+                self.metrics.outcome(path, seen["version"], seen["variant"],
+                                     "slow" if seconds > self.settings.slow_request_s else "ok")
         self.metrics.request(path if path in self.known() else "other", seen["version"], seen["status"], seconds,
                              seen["variant"])
         if access.isEnabledFor(logging.INFO):
             access.info("%s %s %d %.1fms request_id=%s lineage_id=%s variant=%s", method, path, seen["status"],
                         seconds * 1000, rid, seen["lineage"], seen["variant"])
+
+
+class _Judge:
+    """The domain curator's verdict on a sampled share of generations (prompt + completion as
+    one document), off the event loop in one thread; skipped when it falls behind."""
+
+    def __init__(self, metrics, rate: float):
+        import random
+
+        self.metrics, self.rate, self._rng = metrics, rate, random.Random()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="judge") if rate > 0 else None
+        self._pending = 0
+
+    def maybe(self, route: str, domain: str, model_version: str, role: str, text: str) -> None:
+        if self._pool is None or self._pending >= 8 or self._rng.random() >= self.rate:
+            return
+        self._pending += 1
+
+        def run():
+            from ossa_assets.lib.evaluation import is_valid_document
+
+            try:
+                ok, _ = is_valid_document(domain, text)
+                self.metrics.outcome(route, model_version, role, "valid" if ok else "invalid")
+            except Exception:  # a curator bug must not count against the variant
+                log.exception("validity judgement failed")
+            finally:
+                self._pending -= 1
+
+        self._pool.submit(run)
 
 
 async def _read_body(receive, limit: int, timeout_s: float) -> bytes | tuple[int, str]:

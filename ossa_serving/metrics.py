@@ -24,6 +24,11 @@ class Metrics:
                                      ["engine"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("ossa_queue_depth", "Requests waiting per engine", ["engine"], registry=r)
         self.generated = Counter("ossa_generated_tokens_total", "Tokens generated", ["engine"], registry=r)
+        # what the rollback sensor judges (lib/canary.py): per answering variant, ok | error | slow
+        # for every generation, valid | invalid for the sampled ones the domain's curator judged,
+        # feedback_good | feedback_bad from POST /v1/feedback
+        self.outcomes = Counter("ossa_variant_outcomes_total", "Judged outcomes per release variant",
+                                ["route", "model_version", "variant", "outcome"], registry=r)
         self.info = Gauge("ossa_model_info", "A model serving a route (value: its traffic weight)",
                           ["route", "model_version", "lineage_id", "variant", "release"], registry=r)
 
@@ -39,6 +44,9 @@ class Metrics:
     def request(self, route: str, model_version: str, status: int, seconds: float, variant: str = "-") -> None:
         self.latency.labels(route, model_version or "-", variant or "-", str(status)).observe(seconds)
         self.responses.labels(route, str(status)).inc()
+
+    def outcome(self, route: str, model_version: str, variant: str, outcome: str) -> None:
+        self.outcomes.labels(route, model_version, variant, outcome).inc()
 
     def model_info(self, state: Any, variants: dict[str, Any]) -> None:
         """`variants`: route -> the engines.Served variants now answering it."""

@@ -69,6 +69,22 @@ class GenerateResponse(BaseModel):
     release: Optional[str] = Field(description="The release served, serving/release[<route>]@<version>")
 
 
+class FeedbackRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    request_id: str = Field(min_length=1, max_length=64, description="The request_id of a generation answer")
+    rating: Literal["good", "bad"]
+    comment: Optional[str] = Field(default=None, max_length=2000)
+
+
+class FeedbackResponse(BaseModel):
+    recorded: bool
+    request_id: str
+    route: str
+    variant: str
+    variant_role: str
+
+
 class SearchRequest(BaseModel):
     model_config = {"extra": "forbid"}
 

@@ -58,6 +58,10 @@ class Settings:
     # Set on a replica that shares no file system with the deployment (a postgresql:// URL)
     release_store: str | None = None
     release_poll_s: float = 0.5  # how often the release versions are checked
+    # the live judgement's inputs (lib/canary.py): a generation slower than this counts as
+    # "slow"; this share of generations is judged by the domain's curator (valid | invalid)
+    slow_request_s: float = 1.0
+    validity_sample_rate: float = 0.02
     graph_factory: Callable[[], Any] | None = None
 
     @classmethod
@@ -81,6 +85,8 @@ class Settings:
             graph_factory=graph_factory_from_env(root),
             release_store=os.environ.get("OSSA_RELEASE_URL") or None,
             release_poll_s=_float("OSSA_SERVE_RELEASE_POLL_S", 0.5),
+            slow_request_s=_float("OSSA_SERVE_SLOW_REQUEST_S", 1.0),
+            validity_sample_rate=_float("OSSA_SERVE_VALIDITY_SAMPLE_RATE", 0.02),
         )
         for k, v in overrides.items():
             setattr(s, k, v)

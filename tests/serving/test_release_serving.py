@@ -210,3 +210,128 @@ def test_a_release_naming_a_corrupt_engine_is_refused_and_the_route_keeps_servin
         _wait(lambda: httpx.get(srv.url + "/ready", timeout=5).json()["releases"].get(ROUTE) == 4)
         assert httpx.get(srv.url + "/ready", timeout=5).json()["release_errors"] == {}
         assert _ask(srv.url)["variant"] == specs["c"].model_version
+
+
+def _load(url: str, n: int, threads: int = 8, timeout_s: float = 30) -> list[dict]:
+    import httpx
+
+    def one(i):
+        r = httpx.post(url + ROUTE, json={"prompt": f"paths {i}", "max_new_tokens": 2}, timeout=timeout_s)
+        return {"status": r.status_code, **(r.json() if r.headers.get("content-type") == "application/json" else {})}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_the_canary_judge_rolls_back_a_degraded_challenger_and_promotes_a_healthy_one(engines, tmp_path,
+                                                                                     monkeypatch):
+    """A challenger at 10 % whose engine hangs (SIGSTOP: its requests miss their deadline) is
+    rolled back by the sensor's tick on the first look at which the evidence suffices, and is
+    never served after; a healthy one is promoted. Unreachable metrics or store: a skip, never
+    a move. The move is recorded in the lineage graph (REPLACED / ROLLED_BACK_FROM)."""
+    import json
+    import signal
+
+    import httpx
+
+    from ossa_assets.lib import release as rl
+    from ossa_assets.lib.deployment import write_state
+    from ossa_assets.lib.graph_store import EmbeddedFalkorDB
+    from ossa_serving.settings import Settings
+    from resources.graph import GraphStoreResource
+    from resources.release import ReleaseStoreResource
+    from sensors.canary import judge_once
+
+    monkeypatch.setenv("OSSA_CANARY_MIN_REQUESTS", "20")
+    monkeypatch.setenv("OSSA_CANARY_PROMOTE_AFTER", "60")
+    dep, st, specs = engines
+    a, b, c = specs["a"], specs["b"], specs["c"]
+    store_dir = tmp_path / "releases"
+    store = rl.open_store(store_dir)
+    _offer(store, a, 0.1)
+    _offer(store, b, 0.1)
+    releases = ReleaseStoreResource(location=str(store_dir))
+    graph = GraphStoreResource(backend="embedded", data_dir=str(tmp_path / "graph"))
+    state_file = tmp_path / "deployment.json"
+    write_state(state_file, replace(st, release_store=str(store_dir), releases={ROUTE: 2}))
+    settings = Settings(state_path=state_file, release_poll_s=0.1, search_poll_s=60, request_timeout_s=0.5,
+                        validity_sample_rate=1.0)
+    try:
+        with serving(settings) as srv:
+            urls = [srv.url]
+            # faults in what it reads: a skip with the reason, nothing moves
+            cur, note = judge_once(None, releases, None, None, ["http://127.0.0.1:1"])
+            assert note.startswith("skipped, no decision: metrics unreachable") and cur == "{}"
+            down = ReleaseStoreResource(location="postgresql://nobody@127.0.0.1:1/none")
+            cur, note = judge_once(None, down, None, None, urls)
+            assert note.startswith("skipped, no decision: release store unreachable")
+            cursor, note = judge_once(None, releases, None, graph, urls)
+            assert "baseline taken" in note and store.get(ROUTE).version == 2
+
+            hung = next(s for s in srv.app.state.watcher.variants[ROUTE] if s.role == "challenger").loaded.engine
+            os.kill(hung.process.pid, signal.SIGSTOP)
+            ticks = []
+            try:
+                for _ in range(40):
+                    answers = _load(srv.url, 60)
+                    assert {x["status"] for x in answers} <= {200, 504}
+                    cursor, note = judge_once(cursor, releases, None, graph, urls)
+                    ticks.append(note)
+                    if "rollback" in note:
+                        break
+            finally:
+                os.kill(hung.process.pid, signal.SIGCONT)
+            print(f"canary: rolled back on tick {len(ticks)}: {ticks[-1]}")
+            assert "rollback" in ticks[-1] and "errors:" in ticks[-1], ticks
+            assert all("collect" not in t and "no signal" in t or "min-sample" in t for t in ticks[:-1]), ticks
+            assert len(ticks) <= 10, ticks
+            rel = store.get(ROUTE)
+            assert rel.version == 3 and rel.challenger is None and rel.rejected == (b.model_version,)
+            assert rel.moved_by == "sensor:canary_judge" and rel.evidence["action"] == "rollback"
+            _wait(lambda: httpx.get(srv.url + "/ready", timeout=5).json()["releases"].get(ROUTE) == 3)
+            after = _load(srv.url, 60)
+            assert {x["variant"] for x in after} == {a.model_version}  # never served after
+            assert rl.offer(rel, ROUTE, _variant(b), canary_weight=0.1, moved_by="t", reason="x") is None
+
+            # the lineage graph: v3 replaced v2 and rolled back from it
+            g = graph.open()
+            try:
+                edges = g.backend.read("MATCH (n:Release)-[r]->(m:Release) RETURN n.id, type(r), m.id", {})
+            finally:
+                g.close()
+            v2_id = store.history(ROUTE)[1].lineage_id
+            assert {(x[0], x[1], x[2]) for x in edges} == {(rel.lineage_id, "REPLACED", v2_id),
+                                                           (rel.lineage_id, "ROLLED_BACK_FROM", v2_id)}
+
+            # every answer was judged by the domain's curator (sample rate 1.0 here), per variant
+            metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+            assert 'outcome="invalid"' in metrics or 'outcome="valid"' in metrics
+            # feedback reaches the variant that answered
+            rid = after[0]["request_id"]
+            fb = httpx.post(srv.url + "/v1/feedback", json={"request_id": rid, "rating": "bad"}, timeout=10)
+            assert fb.status_code == 200 and fb.json()["variant"] == a.model_version, fb.text
+            assert httpx.post(srv.url + "/v1/feedback", json={"request_id": rid, "rating": "good"},
+                              timeout=10).status_code == 409
+            assert httpx.post(srv.url + "/v1/feedback", json={"request_id": "nope", "rating": "bad"},
+                              timeout=10).status_code == 404
+            assert (f'ossa_variant_outcomes_total{{model_version="{a.model_version}",outcome="feedback_bad"'
+                    in httpx.get(srv.url + "/metrics", timeout=10).text)
+
+            # a healthy challenger: promoted once it served enough without a signal
+            _offer(store, c, 0.1)
+            _wait(lambda: httpx.get(srv.url + "/ready", timeout=5).json()["releases"].get(ROUTE) == 4)
+            cursor, note = judge_once(cursor, releases, None, graph, urls)
+            assert "baseline taken" in note
+            for _ in range(40):
+                _load(srv.url, 120)
+                cursor, note = judge_once(cursor, releases, None, graph, urls)
+                if "promote" in note:
+                    break
+            assert "promote" in note, note
+            rel = store.get(ROUTE)
+            assert [(v.name, v.weight) for v in rel.variants] == [(c.model_version, 1.0)]
+            assert json.loads(cursor) == {}  # no challenger left to judge
+    finally:
+        EmbeddedFalkorDB(tmp_path / "graph").stop()
