@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,7 +122,7 @@ def _latest(instance, key: list[str], partition: str | None = None):
 
 
 def _recorded_materializations(instance) -> int:
-    """Every materialization in the event log: the last run's 36 and what the killed runs had
+    """Every materialization in the event log: the last run's 39 and what the killed runs had
     completed before they were killed."""
     import dagster as dg
 
@@ -140,7 +141,7 @@ def test_whole_graph_materializes(pipeline):
     assert pipeline.proc.returncode == 0, out[-6000:]
     last = pipeline.proc.stdout.strip().splitlines()[-1]
     # format validity is informational in the tiny profile (configs/tiny.yaml says why)
-    assert re.fullmatch(r"materialized 36/36 assets, checks 30/30 passed \(\+ 3 informational, [0-3] passed\)",
+    assert re.fullmatch(r"materialized 39/39 assets, checks 30/30 passed \(\+ 3 informational, [0-3] passed\)",
                         last), out[-3000:]
 
 
@@ -167,7 +168,7 @@ def test_the_rerun_recovered_every_crash_and_left_nothing_behind(pipeline):
     assert not info.claimed_slots and not info.pending_steps
     # every manifest names a complete, published artifact; no staging dir is left or named
     manifests = sorted((pipeline.data / "manifests").rglob("*.json"))
-    assert len(manifests) >= 36
+    assert len(manifests) >= 39
     for m in manifests:
         path = json.loads(m.read_text())["path"]
         if path.startswith("/"):
@@ -348,6 +349,10 @@ def test_every_answer_carries_a_lineage_id_that_resolves_upstream(server):
         assert body["documents"]["total"] > 0 and len(body["documents"]["sample"]) == 5
         # the multitask adapter learned from all three domains' corpora: their documents, by source
         assert set(body["documents"]["by_source"]) == {"openapi", "opcua", "cicd"}
+        # the release that answered resolves too: its variants, each down to its documents
+        rel = c.get("/v1/lineage/upstream", params={"id": gen["release"], "documents": 1}).json()
+        assert rel["root"]["kind"] == "Release" and gen["lineage_id"] in {n["id"] for n in rel["nodes"]}
+        assert rel["documents"]["total"] == body["documents"]["total"]
 
         hits = c.post("/v1/search", json={"query": "pipeline stages", "limit": 1}).json()
         up = c.get("/v1/lineage/upstream", params={"id": hits["lineage_id"], "documents": 0}).json()
@@ -391,51 +396,56 @@ def test_bad_requests_get_4xx_with_a_message(server, method, path, body, status,
     assert "Traceback" not in r.text
 
 
-def test_new_deployment_is_picked_up_without_restart(server):
+def test_a_moved_release_is_picked_up_without_restart(server):
+    """The server follows the release store the deployment names: a move (here a person's pin)
+    goes live without a restart or a new deployment, no request fails during the swap, and a
+    release naming a missing engine is refused while the route keeps serving."""
     import httpx
 
-    from ossa_assets.lib.artifacts import atomic_write_text
+    from ossa_assets.lib import release as rl
+    from ossa_assets.lib.deployment import read_state
 
-    original = server.state.read_text()
-    state = json.loads(original)
+    state = read_state(server.state)
+    store = rl.open_store(state.release_store)
+    route = "/api-model/v1"
+    original = store.get(route).champion
 
     def served_version(until, seconds=60.0):
-        """Ask until `until(answer)`: a new state loads in the background (engine processes
+        """Ask until `until(answer)`: a new release loads in the background (engine processes
         start in seconds) while the old engines answer every request."""
         deadline = time.monotonic() + seconds
         while True:
-            r = httpx.post(server.url + "/api-model/v1", json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
+            r = httpx.post(server.url + route, json={"prompt": "stages:", "max_new_tokens": 2}, timeout=30)
             assert r.status_code == 200, r.text  # never a failed request during the swap
             if until(r.json()) or time.monotonic() > deadline:
                 return r.json()
             time.sleep(0.1)
 
-    try:
-        # point the API route at the devops engine: a different model version goes live
-        state["routes"]["/api-model/v1"] = {**state["routes"]["/devops-model/v1"], "domain": "api_spec"}
-        time.sleep(0.01)
-        atomic_write_text(server.state, json.dumps(state))
-        os.utime(server.state, (time.time() + 1, time.time() + 1))
-        new = state["routes"]["/devops-model/v1"]["model_version"]
-        assert served_version(lambda a: a["model_version"] == new)["model_version"] == new
+    def pin(variant, reason):
+        return rl.move(store, route, lambda cur: rl.pin(cur, route, variant, person="e2e", reason=reason))
 
-        # a broken deployment leaves the previous engines serving and says so on /health
-        broken = json.loads(json.dumps(state))
-        broken["routes"]["/api-model/v1"]["engine_path"] = "/nonexistent"
-        broken["routes"]["/api-model/v1"]["model_version"] = "broken"
-        atomic_write_text(server.state, json.dumps(broken))
-        os.utime(server.state, (time.time() + 2, time.time() + 2))
+    try:
+        # serve the devops engine on the API route: a different model version goes live
+        devops = store.get("/devops-model/v1").champion
+        other = replace(devops, spec=replace(devops.spec, domain="api_spec"))
+        moved = pin(other, "try the devops engine")
+        got = served_version(lambda a: a["model_version"] == other.spec.model_version)
+        assert got["model_version"] == other.spec.model_version and got["release"] == moved.lineage_id
+        assert got["variant_role"] == "champion"
+
+        # a release naming a missing engine is refused: the previous variant keeps serving
+        broken = replace(other, name="api_spec-broken", spec=replace(other.spec, engine_path="/nonexistent",
+                                                                      model_version="api_spec-broken"))
+        pin(broken, "a bad copy")
         for _ in range(600):
-            if httpx.get(server.url + "/health").json()["last_reload_error"]:
+            if httpx.get(server.url + "/ready").json()["release_errors"].get(route):
                 break
             time.sleep(0.1)
-        assert httpx.get(server.url + "/health").json()["last_reload_error"]
-        assert served_version(lambda a: True)["model_version"] == new  # not "broken"
+        assert "does not exist" in httpx.get(server.url + "/ready").json()["release_errors"][route]
+        assert served_version(lambda a: True)["model_version"] == other.spec.model_version  # not "broken"
     finally:
-        atomic_write_text(server.state, original)
-        os.utime(server.state, (time.time() + 3, time.time() + 3))
-        old = json.loads(original)["routes"]["/api-model/v1"]["model_version"]
-        served_version(lambda a: a["model_version"] == old)
+        pin(original, "restore the pipeline's champion")
+        served_version(lambda a: a["model_version"] == original.spec.model_version)
 
 
 # -- lineage -----------------------------------------------------------------------------------
@@ -524,6 +534,10 @@ def test_lineage_cli_prints_the_chain(pipeline):
     for asset in CHAIN:
         assert asset in out.stdout, out.stdout
     assert "mlflow run" in out.stdout
+    # a route answers for its release: the variants with their weights, then each one's chain
+    head, first = out.stdout.splitlines()[:2]
+    assert head == "endpoint /api-model/v1 follows:", head
+    assert first.startswith("Release        serving/release[api_spec]@") and "champion api_spec-" in first, first
 
     by_key = subprocess.run(
         [sys.executable, "-m", "ossa_assets.cli", "lineage", "upstream", "lora/multitask_adapter",
@@ -566,7 +580,7 @@ def test_lineage_check_finds_drift_and_rebuild_repairs_it(pipeline):
     first = check()
     assert first.returncode == 0, first.stdout + first.stderr[-2000:]
     report = json.loads(first.stdout)
-    assert report["drift"] is False and report["mlflow_checked"] and report["materializations"] >= 36
+    assert report["drift"] is False and report["mlflow_checked"] and report["materializations"] >= 39
 
     from ossa_assets.lib.graph_store import open_graph_store
 
@@ -603,7 +617,7 @@ def test_lineage_graph_rebuilds_identically_on_the_bolt_path(in_env, bolt_server
     try:
         instance = dg.DagsterInstance.get()
         stats = recorder.rebuild(instance, bolt, ASSET_KEYS)
-        assert stats.materializations == _recorded_materializations(instance) >= 36
+        assert stats.materializations == _recorded_materializations(instance) >= 39
         assert stats.skipped_edges == 0
         assert _upstream_assets(bolt) == _upstream_assets(embedded)
         # not only the same chain: every node and edge, with every property, is the same
@@ -654,7 +668,7 @@ def test_lineage_sensor_records_and_advances_its_cursor(in_env, tmp_path):
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"graph": graph})
         first = sensor(ctx)
         recorded = _recorded_materializations(instance)
-        assert recorded >= 36 and f"recorded {recorded} materializations" in first.skip_message
+        assert recorded >= 39 and f"recorded {recorded} materializations" in first.skip_message
         cursor = int(ctx.cursor)
         assert cursor > 0
         store = graph.open()

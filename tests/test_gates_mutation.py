@@ -111,6 +111,7 @@ def pipeline(tmp_path_factory):
         INT8_MODEL,
         MULTITASK_ADAPTER,
         ONNX_MODEL,
+        RELEASE,
         TOKENIZED_CORPUS,
         VECTOR_INDEX,
     )
@@ -122,15 +123,16 @@ def pipeline(tmp_path_factory):
         assert corp.success
     steps = [(BASE_MODEL, None, None), (TOKENIZED_CORPUS, DOMAIN, None), (DOMAIN_CHECKPOINT, DOMAIN, None),
              (MULTITASK_ADAPTER, DOMAIN, None), (ONNX_MODEL, DOMAIN, None), (INT8_MODEL, DOMAIN, None),
+             (RELEASE, DOMAIN, None),
              (EMBEDDING_PAIRS, MODEL, None), (EMBEDDING_MODEL, MODEL, FAST_EMBED), (EMBEDDING_EVAL, MODEL, None),
              (VECTOR_INDEX, MODEL, None)]
     for key, partition, config in steps:
         res = p.materialize(key, partition, config)
         assert res.success, f"healthy {key.to_user_string()}: {_failure(res)}"
-    # The fan-in consumers (serving/deployment reads every domain's engine and every model's
-    # index) load all their inputs before the gate refuses the failed one: the other partitions
+    # The fan-in consumer (serving/deployment reads every domain's release and every model's
+    # index) loads all its inputs before the gate refuses the failed one: the other partitions
     # are copies of the healthy ones, never read past that refusal.
-    for key, others, built in ((INT8_MODEL, OTHER_DOMAINS, DOMAIN), (VECTOR_INDEX, OTHER_MODELS, MODEL)):
+    for key, others, built in ((RELEASE, OTHER_DOMAINS, DOMAIN), (VECTOR_INDEX, OTHER_MODELS, MODEL)):
         for other in others:
             shutil.copy(p.manifest(key, built), p.manifest(key, other))
     p.snapshot()

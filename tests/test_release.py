@@ -341,6 +341,24 @@ def test_release_asset_serves_only_what_passed_and_mlflow_mirrors_it(data_root, 
     assert main(["release", "promote", ROUTE, "--by", "ana", "--reason", "x"]) == 1  # no challenger
     assert "no challenger" in capsys.readouterr().err
 
+    # the lineage graph holds the moves: the route resolves to its live release, each release
+    # REPLACED the one before, the rollback is a ROLLED_BACK_FROM edge
+    from ossa_assets.lib.graph_store import queries
+    from resources import build_resources
+
+    hist = store.history(ROUTE)
+    g = build_resources("local")["graph"].open()
+    try:
+        assert queries.resolve(g, ROUTE) == hist[-1].lineage_id
+        assert queries.previous(g, hist[-1].lineage_id) == hist[-2].lineage_id
+        assert g.backend.read("MATCH (a:Artifact)-[:ROLLED_BACK_FROM]->(b:Artifact) RETURN a.id, b.id", {}) == [
+            [hist[2].lineage_id, hist[1].lineage_id]]
+        shown = queries.render(g.upstream(hist[-1].lineage_id, documents=0)).splitlines()[0]
+        assert shown.startswith(f"Release        {hist[-1].lineage_id}  (v5: champion {v2_name} 100%"), shown
+        assert "moved by person:bo" in shown
+    finally:
+        g.close()
+
 
 def _publish_then_corrupt(instance, res, engine, release, engine_dir: Path, version: str):
     """Publish the engine (its content hash taken), then corrupt a file before the release

@@ -96,7 +96,8 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
         else:
             lin = store.downstream(root_id)
         if args.target.startswith("/") and not args.json:
-            print(f"endpoint {args.target} serves:")
+            print(f"endpoint {args.target} follows:" if lin.root["kind"] == "Release"
+                  else f"endpoint {args.target} serves:")
         if args.json:
             print(json.dumps(queries.as_json(lin), indent=2, default=str))
         else:

@@ -68,15 +68,36 @@ def _describe(rel) -> str:
     return "\n".join(lines)
 
 
-def _mirror(rel) -> None:
-    """The MLflow aliases follow the release; an unreachable MLflow does not undo the move."""
+def _mirror(before, rel, action: str) -> None:
+    """The MLflow aliases follow the release and the lineage graph records the move; neither
+    being unreachable undoes it (the release is the truth)."""
+    from resources import build_resources
+
+    res = build_resources()
     try:
-        from resources import build_resources
         from resources.mlflow import mirror_release
 
-        mirror_release(build_resources()["mlflow"].client(), rel)
-    except Exception as e:  # the release moved; the aliases catch up on the next release run
+        mirror_release(res["mlflow"].client(), rel)
+    except Exception as e:  # the aliases catch up on the next release run
         print(f"warning: MLflow aliases not updated ({type(e).__name__}: {e})", file=sys.stderr)
+    if before is None:
+        return
+    try:
+        from ossa_assets.lib.canary import Move, record_move
+
+        g = res["graph"].open()
+        try:
+            record_move(g, Move(rel.route, action, before, rel, None))
+        finally:
+            g.close()
+    except Exception as e:
+        print(f"warning: lineage graph not updated ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _moved(route: str):
+    from ossa_assets.lib.release import ReleaseConflict
+
+    raise ReleaseConflict(f"{route}: the release moved while this command read it")
 
 
 def cmd_release(args) -> int:
@@ -125,7 +146,8 @@ def cmd_release(args) -> int:
                                           f"(see `ossa release history {route}`); pin an engine with --engine DIR")
             rl.verify_engine(variant.spec)
             step = lambda cur: rl.pin(cur, route, variant, person=args.by, reason=args.reason)  # noqa: E731
-        rel = rl.move(store, route, step)
+        before = store.get(route)
+        rel = rl.move(store, route, lambda cur: step(cur) if cur == before else _moved(route))
     except rl.ReleaseConflict as e:
         print(f"ossa release {args.action}: {e}; nothing moved: look again (`ossa release show {route}`)",
               file=sys.stderr)
@@ -134,7 +156,7 @@ def cmd_release(args) -> int:
         print(f"ossa release {args.action}: {e}", file=sys.stderr)
         return 1
     assert rel is not None  # promote/rollback/pin always move or raise
-    _mirror(rel)
+    _mirror(before, rel, args.action)
     print(_describe(rel))
     return 0
 

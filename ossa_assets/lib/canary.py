@@ -129,7 +129,7 @@ class Move:
     action: str  # promote | rollback
     before: object  # lib.release.Release
     after: object
-    decision: Decision
+    decision: Decision | None  # None: a person moved it (ossa release)
 
 
 def _sub(now: dict[str, int], base: dict[str, int]) -> dict[str, int] | None:
@@ -193,16 +193,22 @@ def record_move(graph, move: Move) -> None:
     REPLACED the old, a rollback also ROLLED_BACK_FROM it; each DERIVED_FROM its engines."""
     import json
 
-    def node(rel):
-        return {"id": rel.lineage_id, "kind": "Release", "route": rel.route, "release_version": rel.version,
-                "moved_by": rel.moved_by, "reason": rel.reason, "at": rel.at,
-                "variants": json.dumps({v.name: v.weight for v in rel.variants}, sort_keys=True)}
+    def node(rel):  # the properties the recorder gives a serving/release materialization
+        return {"id": rel.lineage_id, "kind": "Release", "meta_route": rel.route, "meta_version": rel.version,
+                "moved_by": rel.moved_by, "reason": rel.reason, "moved_at": rel.at,
+                "meta_variants": json.dumps({v.name: {"role": v.role, "weight": v.weight,
+                                                      "lineage_id": v.spec.lineage_id} for v in rel.variants},
+                                            sort_keys=True)}
 
-    graph.upsert_nodes([node(move.before), node(move.after)])
-    edges = [(move.after.lineage_id, "REPLACED", move.before.lineage_id, {"action": move.action})]
+    eid = f"endpoint:{move.route}"
+    graph.upsert_nodes([node(move.before), node(move.after),
+                        {"id": eid, "kind": "Endpoint", "route": move.route, "release": move.after.lineage_id}])
+    edges = [(move.after.lineage_id, "REPLACED", move.before.lineage_id, {"action": move.action}),
+             (eid, "FOLLOWS", move.after.lineage_id, {"by": move.after.moved_by})]
     if move.action == "rollback":
         edges.append((move.after.lineage_id, "ROLLED_BACK_FROM", move.before.lineage_id,
-                      {"rolled_back": move.before.challenger.name, "reason": move.decision.reason}))
+                      {"rolled_back": move.before.challenger.name,
+                       "reason": move.decision.reason if move.decision else move.after.reason}))
     edges += [(rel.lineage_id, "DERIVED_FROM", v.spec.lineage_id, {}) for rel in (move.before, move.after)
               for v in rel.variants]
     graph.upsert_edges(edges)

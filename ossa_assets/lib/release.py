@@ -245,6 +245,10 @@ class ReleaseStore(Protocol):
 
     def history(self, route: str) -> list[Release]: ...
 
+    def where(self, route: str) -> str:
+        """Where the route's release lives: its file, or its row (for the artifact's path)."""
+        ...
+
     def versions(self) -> dict[str, int]:
         """Every route's current release version: what a server polls."""
         ...
@@ -303,6 +307,9 @@ class FileReleaseStore:
                 h.write(json.dumps(rel.to_dict(), sort_keys=True) + "\n")
             atomic_write_text(self.path(rel.route), rel.to_json())
         return rel
+
+    def where(self, route: str) -> str:
+        return str(self.path(route))
 
     def history(self, route: str) -> list[Release]:
         p = self.root / f"{_slug(route)}.history.jsonl"
@@ -377,6 +384,12 @@ class PostgresReleaseStore:
                 cur.execute("INSERT INTO ossa_release_history (route, version, doc) VALUES (%s, %s, %s)",
                             (rel.route, rel.version, doc))
         return rel
+
+    def where(self, route: str) -> str:
+        """The row's address, without credentials."""
+        import re as _re
+
+        return f"{_re.sub(r'//[^@/]*@', '//', self.url)}#ossa_release/{route}"
 
     def history(self, route: str) -> list[Release]:
         with self._conn() as conn, conn.cursor() as cur:

@@ -141,14 +141,19 @@ def graph_items(record: Any, documents: bool = True) -> tuple[list[dict[str, Any
         doc_nodes, doc_edges = _documents(node, props)
         nodes += doc_nodes
         edges += doc_edges
+    releases = meta.get("releases") or {}
     for route, engine_id in sorted((meta.get("serves") or {}).items()):
         eid = f"endpoint:{route}"
         nodes.append(
             {"id": eid, "kind": "Endpoint", "route": route, "lineage_id": engine_id,
-             "deployment": lineage_id, "declared_at": at}
+             "deployment": lineage_id, "declared_at": at, **({"release": releases[route]} if route in releases else {})}
         )
         edges.append((eid, "SERVES", engine_id, {"deployment": lineage_id, "at": at}))
         edges.append((lineage_id, "DECLARES", eid, {"at": at}))
+        if route in releases:  # the release it follows: every variant, not the champion alone
+            edges.append((eid, "FOLLOWS", releases[route], {"deployment": lineage_id, "at": at}))
+    if node["kind"] == "Release" and meta.get("previous_release"):
+        edges.append((lineage_id, "REPLACED", meta["previous_release"], {"action": "offer", "at": at}))
     return nodes, edges
 
 

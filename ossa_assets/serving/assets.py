@@ -104,6 +104,7 @@ def release(
     candidate = rl.Variant(name=spec.model_version, role=rl.CHALLENGER, weight=0.0, spec=spec,
                            registered_model=engine.meta.get("registered_model"),
                            registry_version=engine.meta.get("registry_version"))
+    before = store.get(route)
     moved = None
     if eligible:
         step = lambda cur: rl.offer(cur, route, candidate, canary_weight=config.canary_weight,  # noqa: E731
@@ -132,10 +133,12 @@ def release(
     return StageResult(
         Artifact(
             kind="Release",
-            path=f"{releases.location}#{route}",
+            path=store.where(route),
             data_version=cur.data_version,  # so its lineage id is cur.lineage_id
             derived_from=[v.spec.lineage_id for v in cur.variants],
             meta={"route": route, "domain": d, "release": cur.lineage_id, "version": cur.version,
+                  # the release this move replaced (a REPLACED edge in the lineage graph)
+                  **({"previous_release": before.lineage_id} if moved is not None and before is not None else {}),
                   "variants": {v.name: {"role": v.role, "weight": v.weight, "lineage_id": v.spec.lineage_id}
                                for v in cur.variants}},
         ),

@@ -5,18 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 # Edges that mean "was computed from" when walking towards the data.
-DATA_EDGES = ("DERIVED_FROM", "TRAINED_ON", "CONTAINS", "SERVES", "DECLARES")
+DATA_EDGES = ("DERIVED_FROM", "TRAINED_ON", "CONTAINS", "SERVES", "DECLARES", "FOLLOWS")
 
 
 def resolve(store: Any, target: str, partition: str | None = None) -> str | None:
     """A node id for an endpoint route (`/api-model/v1`), a lineage id, or an asset key.
 
-    A route resolves to the engine it serves now; an asset key to its latest materialization
-    (of `partition`, for partitioned assets).
+    A route resolves to the release it follows now (its variants, each down to its documents),
+    or, without a release in the graph, to the engine it serves; an asset key to its latest
+    materialization (of `partition`, for partitioned assets).
     """
     if target.startswith("/"):
         node = store.get_node(f"endpoint:{target}")
-        return node["props"].get("lineage_id") if node else None
+        if node is None:
+            return None
+        release = node["props"].get("release")
+        if release and store.get_node(release):
+            return release
+        return node["props"].get("lineage_id")
     if "@" in target or target.startswith(("run:", "mlflow:", "endpoint:", "doc:", "source:")):
         return target if store.get_node(target) else None
     candidates = store.find_nodes(asset_key=target, partition=partition or "")
@@ -28,6 +34,10 @@ def resolve(store: Any, target: str, partition: str | None = None) -> str | None
 def previous(store: Any, node_id: str) -> str | None:
     """The materialization of the same asset (partition) before `node_id`, if the graph has one."""
     node = store.get_node(node_id)
+    if node and node["kind"] == "Release":  # the release this one replaced (a move, not a rebuild)
+        rows = store.backend.read("MATCH (:Artifact {id: $id})-[:REPLACED]->(b:Artifact) RETURN b.id", {"id": node_id})
+        if rows:
+            return rows[0][0]
     if not node or not node["props"].get("asset_key"):
         return None
     p = node["props"]
@@ -101,6 +111,16 @@ def _label(node: dict[str, Any]) -> str:
         return f"Document       {p.get('source', '')}/{p.get('path', '')}  ({node['id'][:16]})"
     if node["kind"] == "Source":
         return f"Source         {p.get('name', node['id'])}"
+    if node["kind"] == "Release":
+        import json
+
+        try:
+            variants = json.loads(p.get("meta_variants") or "{}")
+        except ValueError:
+            variants = {}
+        shown = ", ".join(f"{v.get('role', '?')} {name} {float(v.get('weight', 0)):.0%}" for name, v in variants.items())
+        who = f"; moved by {p['moved_by']}" if p.get("moved_by") else ""
+        return f"Release        {node['id']}  (v{p.get('meta_version', '?')}: {shown}{who})"
     extras = []
     if p.get("meta_mlflow_run_id"):
         extras.append(f"mlflow run {p['meta_mlflow_run_id'][:12]}")

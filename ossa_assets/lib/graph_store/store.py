@@ -47,7 +47,7 @@ _EXPAND = {
 # 100,000 documents, which an upstream answer summarises (_DOC_COUNTS, _DOC_SAMPLE) rather than
 # lists. Naming the other types keeps the store from touching those edges at all (FalkorDB keeps
 # one matrix per relationship type): 2,000 documents per corpus cost ~0.3 s as a filter.
-WALK_TYPES = ("DERIVED_FROM", "TRAINED_ON", "PRODUCED_BY", "TRACKED_IN", "SERVES", "DECLARES")
+WALK_TYPES = ("DERIVED_FROM", "TRAINED_ON", "PRODUCED_BY", "TRACKED_IN", "SERVES", "DECLARES", "FOLLOWS")
 _EXPAND_NO_DOCS = ("UNWIND $ids AS x MATCH (a:Artifact {id: x})-[e:" + "|".join(WALK_TYPES) + "]->(b:Artifact) "
                    "RETURN a.id, type(e), b.id, labels(b), properties(b)")
 _DOCS_OF = "UNWIND $ids AS x MATCH (:Artifact {id: x})-[:CONTAINS]->(d:Artifact) "
