@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -76,6 +77,20 @@ def test_realtime_adapter_chain(tmp_path, data_root, monkeypatch):
     assert md1["outcome"] == "trained" and md1["new_documents"] == expected
     assert md1["warm_started_from"] == "cold start"
     assert (Path(first.path) / "adapter_model.safetensors").is_file()
+    # quiet: the automation's second look at the same hour, on the same inputs, does not retrain
+    # (a new data version here would mark every later hour stale)
+    t0 = time.monotonic()
+    again, md_again = run(HOUR)
+    assert md_again["outcome"].startswith("unchanged: the same") and again.data_version == first.data_version
+    assert again.path == first.path
+    quick = time.monotonic() - t0
+    # deterministic: the same inputs trained again from nothing give the same weights and version
+    manifest = resources["store"].path("manifests", "lora", "realtime_adapter") / f"{HOUR}.json"
+    manifest.unlink()
+    t0 = time.monotonic()
+    retrained, md_re = run(HOUR)
+    assert md_re["outcome"] == "trained" and retrained.data_version == first.data_version
+    assert quick < (time.monotonic() - t0) / 2, quick  # the unchanged hour really skipped training
 
     quiet, md2 = run(NEXT)
     assert md2["outcome"].startswith("no-op") and md2["new_documents"] == 0

@@ -175,6 +175,11 @@ def train_adapter(
     if warm_start_dir:
         peft_model = load_adapter(model, warm_start_dir, trainable=True)
     else:
+        # lora_A's initialisation draws from torch's global generator, before the Trainer seeds
+        # it: unseeded, the same inputs trained twice gave different weights and data versions
+        import torch
+
+        torch.manual_seed(settings.seed)
         peft_model = wrap_with_lora(model, lora)
     trainable, total = trainable_parameter_count(peft_model)
     result = train(peft_model, train_blocks, pad, settings, str(work_dir), log_metrics)

@@ -30,7 +30,7 @@ from ossa_assets.keys import (
     SOURCE_DOCUMENTS,
 )
 from ossa_assets.lib import lora as lib
-from ossa_assets.lib.artifacts import Artifact, publish_versioned, staging_dir
+from ossa_assets.lib.artifacts import Artifact, publish_versioned, sha256_json, staging_dir
 from ossa_assets.lib.curation import corpus as corpora_lib
 from ossa_assets.lib.finetune import load_base
 from ossa_assets.lib.training import TrainSettings
@@ -280,6 +280,25 @@ def realtime_adapter(
     derived += [a.lineage_id for a in snapshots if a.lineage_id]
     # the lineage graph draws these as TRAINED_ON: the documents this hour learned from
     trained_on = [a.lineage_id for a in snapshots if a.lineage_id]
+    # Quiet: an hour whose inputs (its documents, the warm start, the base, the config) are
+    # those of its last materialization is not trained again; it keeps its weights and data
+    # version, so later hours do not turn stale. (The automation materializes the hour that
+    # just ended at five past: on the same documents that is this branch, not a new version.)
+    inputs = sha256_json({"documents": sorted(r["doc_id"] for r in rows), "base": base.data_version,
+                          "warm_start": previous.data_version if previous else None,
+                          "config": config.model_dump()})
+    last = store.load_manifest(REALTIME_ADAPTER, context.partition_key)
+    if last is not None and last.meta.get("inputs") == inputs and last.path and Path(last.path).is_dir():
+        context.log.info(f"{context.partition_key}: inputs unchanged since its last materialization: not retrained")
+        return StageResult(
+            Artifact(kind="Adapter", path=last.path, data_version=last.data_version, derived_from=derived,
+                     meta={**last.meta, "trained_on": trained_on}),
+            metadata={"new_documents": len(rows),
+                      "outcome": f"unchanged: the same {len(rows)} documents, warm start, base and config "
+                                 "as its last materialization (not retrained)",
+                      WARM_START_VERSION: previous.data_version if previous else "",
+                      "warm_started_from": previous.partition if previous else "cold start"},
+        )
     by_domain: dict[str, list[str]] = {}
     for r in rows:
         by_domain.setdefault(r["domain"], []).append(r["text"])
@@ -320,6 +339,7 @@ def realtime_adapter(
                 "trained_on": trained_on,
                 "name": f"ossa-realtime-{version[:12]}",
                 "hour": context.partition_key,
+                "inputs": inputs,  # what it was trained from: the same again is not retrained
             },
         ),
         metadata={
