@@ -34,6 +34,7 @@ ASSET_KEYS = sorted({k for a in all_assets for k in a.keys}, key=lambda k: k.to_
 
 defs = dg.Definitions(
     assets=all_assets,
+    asset_checks=dg.load_asset_checks_from_modules(_modules),
     jobs=jobs.ALL_JOBS,
     sensors=[build_lineage_sensor(ASSET_KEYS), automation_sensor, corpus_sources_sensor,
              new_documents_sensor, canary_judge],

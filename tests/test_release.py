@@ -321,6 +321,23 @@ def test_release_asset_serves_only_what_passed_and_mlflow_mirrors_it(data_root, 
     assert "refused before it could go live" in error and "corrupt" in error and "stays at v2" in error
     assert all(v.registry_version != v5 for v in store.get(ROUTE).variants)
 
+    # the aliases mirror the release; moved by hand, the check says so (and fails)
+    from ossa_assets.serving.assets import registry_drift, registry_mirrors_release
+
+    assert registry_drift(store, client) == []
+    client.set_registered_model_alias(name, "champion", v3)
+    drift = registry_drift(store, client)
+    assert drift == [f"{ROUTE} release v2: {name}@champion is {v3}, the release says {v1}"]
+    checked = dg.materialize([engine.to_source_asset(), release, registry_mirrors_release], resources=res,
+                             selection=dg.AssetSelection.checks(registry_mirrors_release), instance=instance,
+                             raise_on_error=False)
+    evaluation = checked.get_asset_check_evaluations()[0]
+    assert not evaluation.passed and f"is {v3}" in evaluation.description
+    from resources.mlflow import mirror_release
+
+    mirror_release(client, store.get(ROUTE))
+    assert registry_drift(store, client) == []
+
     # by hand: roll the canary back (audited), then a person pins the version that lost offline
     capsys.readouterr()
     assert main(["release", "rollback", ROUTE, "--by", "ana", "--reason", "p99 doubled"]) == 0

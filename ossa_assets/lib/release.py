@@ -9,7 +9,8 @@ evidence; the history is kept beside it.
 
 The store is the source of truth. The MLflow aliases (`champion`, `challenger`), the Dagster
 materialization of `serving/release` and the lineage graph are written *from* a release after
-it moved, and a check compares them with it (ossa_assets/serving/assets.py).
+it moved; the `registry_mirrors_release` check (ossa_assets/serving/assets.py) says where the
+aliases disagree with it.
 
 Stores: a directory under the data root (the embedded default), or Postgres by URL
 (`OSSA_RELEASE_URL=postgresql://...`) so that several server processes on different machines

@@ -165,6 +165,38 @@ def deployment_state_path(store: ArtifactStore):
     return state_path(store.root)
 
 
+def registry_drift(store, client) -> list[str]:
+    """Where MLflow's aliases disagree with the releases (which are the truth): each route's
+    champion and challenger versus `champion`/`challenger` on its registered model."""
+    from resources.mlflow import registry_alias_version
+
+    drift = []
+    for route in ROUTES:
+        rel = store.get(route)
+        if rel is None:
+            continue
+        names = {v.registered_model for v in rel.variants if v.registered_model}
+        for name in sorted(names):
+            for role in ("champion", "challenger"):
+                want = next((str(v.registry_version) for v in rel.variants
+                             if v.role == role and v.registered_model == name and v.registry_version), None)
+                mv = registry_alias_version(client, name, role)
+                have = str(mv.version) if mv is not None else None
+                if want != have:
+                    drift.append(f"{route} release v{rel.version}: {name}@{role} is {have or 'unset'}, "
+                                 f"the release says {want or 'none'}")
+    return drift
+
+
+@dg.asset_check(asset=RELEASE, name="registry_mirrors_release",
+                description="MLflow's champion/challenger aliases name what each route's release serves "
+                            "(the release is the truth; a disagreement means someone moved an alias by hand).")
+def registry_mirrors_release(releases: ReleaseStoreResource, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    drift = registry_drift(releases.open(), mlflow.client())
+    return dg.AssetCheckResult(passed=not drift, description="; ".join(drift) or "every alias mirrors its release",
+                               metadata={"disagreements": len(drift)})
+
+
 @artifact_asset(
     kind="Deployment",
     key=DEPLOYMENT,
