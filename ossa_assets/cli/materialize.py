@@ -187,7 +187,8 @@ def _run_pipeline(inst, summary: MaterializeSummary, interrupts: Interrupts, onl
 
     asset_graph = defs.resolve_asset_graph()
     # the summary counts gates; a check the profile reports informationally is counted apart
-    blocking = {(s.asset_key, s.name): s.blocking for a in defs.assets for s in a.check_specs}
+    blocking = {(s.asset_key, s.name): s.blocking
+                for a in [*defs.assets, *(defs.asset_checks or [])] for s in a.check_specs}
     for job, partitioned_by in PIPELINE:
         if only and job.name not in only:
             continue

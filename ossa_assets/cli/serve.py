@@ -96,8 +96,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("inspect the failed runs in the Dagster UI: make ui")
         return 1
     print(summary.line())
+    # the daemon's canary_judge reads this server's live metrics
+    env = {**os.environ, "OSSA_SERVE_URLS": os.environ.get("OSSA_SERVE_URLS") or f"http://{args.host}:{args.port}"}
     ui = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.ui_port)]
+        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.ui_port)],
+        env=env,
     )
     print(f"Dagster UI: http://{args.host}:{args.ui_port}   endpoints: http://{args.host}:{args.port}")
     try:
