@@ -453,3 +453,43 @@ def test_the_release_lineage_id_is_the_one_its_materialization_carries():
     assert replace(rel, moved_by="other", at="later").lineage_id == rel.lineage_id
     assert rl.promote(rl.offer(rel, ROUTE, _variant(replace(spec, model_version="n")), canary_weight=0.5,
                                moved_by="t", reason="x"), moved_by="t", reason="x").lineage_id != rel.lineage_id
+
+
+def test_two_releases_diff_as_releases(tmp_path):
+    """`ossa lineage diff` on a route compares its release with the one it replaced: the variants
+    that came, went or changed weight, and what changed upstream of a new champion."""
+    from ossa_assets.lib.canary import Move, record_move
+    from ossa_assets.lib.graph_store import EmbeddedFalkorDB, GraphStore, queries
+
+    a, b = _engine(tmp_path, "a"), _engine(tmp_path, "b")
+    backend = EmbeddedFalkorDB(tmp_path / "graph")
+    g = GraphStore(backend)
+    try:
+        # two engines of the route, built from different checkpoints
+        g.upsert_nodes([{"id": "ckpt@1", "kind": "Checkpoint", "asset_key": "finetune/domain_checkpoint",
+                         "partition": DOMAIN, "data_version": "1", "code_version": "c1"},
+                        {"id": "ckpt@2", "kind": "Checkpoint", "asset_key": "finetune/domain_checkpoint",
+                         "partition": DOMAIN, "data_version": "2", "code_version": "c2"},
+                        *[{"id": s.lineage_id, "kind": "Engine", "asset_key": "quantize/int8_model",
+                           "partition": DOMAIN, "data_version": s.content_version} for s in (a, b)]])
+        g.upsert_edges([(a.lineage_id, "DERIVED_FROM", "ckpt@1", {}), (b.lineage_id, "DERIVED_FROM", "ckpt@2", {})])
+        r1 = rl.offer(None, ROUTE, _variant(a), canary_weight=0.1, moved_by="t", reason="x")
+        r2 = rl.offer(r1, ROUTE, _variant(b), canary_weight=0.1, moved_by="t", reason="x")
+        r3 = rl.promote(r2, moved_by="sensor:canary_judge", reason="healthy")
+        record_move(g, Move(ROUTE, "offer", r1, r2, None))
+        record_move(g, Move(ROUTE, "promote", r2, r3, None))
+        assert queries.resolve(g, ROUTE) == r3.lineage_id
+        assert queries.previous(g, r3.lineage_id) == r2.lineage_id
+        d = queries.diff(g, r2.lineage_id, r3.lineage_id)
+        assert d["kind"] == "release" and d["champion"] == {"a": a.lineage_id, "b": b.lineage_id}
+        assert [(c["variant"], c["a"]["role"], c["b"]) for c in d["variants"] if c["variant"] == a.model_version] == [
+            (a.model_version, "champion", None)]
+        assert [c["asset"] for c in d["champion_upstream"]["changed"]] == [
+            f"finetune/domain_checkpoint[{DOMAIN}]", f"quantize/int8_model[{DOMAIN}]"]
+        text = queries.render_diff(d)
+        assert f"{a.model_version}: champion 90% -> absent" in text
+        assert f"{b.model_version}: challenger 10% -> champion 100%" in text
+        assert "upstream of the champion:" in text and "code changed" in text
+    finally:
+        g.close()
+        backend.stop()

@@ -55,9 +55,40 @@ def _by_asset(lineage: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _variants(node: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    import json
+
+    try:
+        return json.loads((node or {}).get("props", {}).get("meta_variants") or "{}")
+    except ValueError:
+        return {}
+
+
+def release_diff(store: Any, a: str, b: str, sample: int = 10) -> dict[str, Any]:
+    """Two releases of a route: the variants that came, went or changed weight or role, and,
+    when the champion changed, what changed upstream of it (the artifact diff below)."""
+    va, vb = _variants(store.get_node(a)), _variants(store.get_node(b))
+    changed = [{"variant": n, "a": va.get(n), "b": vb.get(n)} for n in sorted(va.keys() | vb.keys())
+               if va.get(n) != vb.get(n)]
+
+    def champion(vs):
+        return next((v.get("lineage_id") for v in vs.values() if v.get("role") == "champion"), None)
+
+    ca, cb = champion(va), champion(vb)
+    upstream = None
+    if ca and cb and ca != cb and store.get_node(ca) and store.get_node(cb):
+        upstream = diff(store, ca, cb, sample)
+    return {"a": a, "b": b, "kind": "release", "variants": changed,
+            "champion": {"a": ca, "b": cb}, "champion_upstream": upstream}
+
+
 def diff(store: Any, a: str, b: str, sample: int = 10) -> dict[str, Any]:
     """What changed between two artifacts' lineages (two deployments, two model versions): per
-    upstream asset, whether its data, code or config changed; and which documents came or went."""
+    upstream asset, whether its data, code or config changed; and which documents came or went.
+    Two releases compare as releases (release_diff)."""
+    na, nb = store.get_node(a), store.get_node(b)
+    if na and nb and na["kind"] == nb["kind"] == "Release":
+        return release_diff(store, a, b, sample)
     la, lb = store.upstream(a, documents=0), store.upstream(b, documents=0)
     ma, mb = _by_asset(la), _by_asset(lb)
     changed, same = [], 0
@@ -86,6 +117,18 @@ def diff(store: Any, a: str, b: str, sample: int = 10) -> dict[str, Any]:
 
 
 def render_diff(d: dict[str, Any]) -> str:
+    if d.get("kind") == "release":
+        lines = [f"a: {d['a']}", f"b: {d['b']}", f"{len(d['variants'])} variants changed:"]
+        for c in d["variants"]:
+            def show(v):
+                return f"{v['role']} {float(v['weight']):.0%}" if v else "absent"
+            lines.append(f"  {c['variant']}: {show(c['a'])} -> {show(c['b'])}")
+        ch = d["champion"]
+        lines.append(f"champion: {ch['a']} -> {ch['b']}" if ch["a"] != ch["b"] else f"champion unchanged: {ch['b']}")
+        if d.get("champion_upstream"):
+            lines.append("upstream of the champion:")
+            lines += ["  " + x for x in render_diff(d["champion_upstream"]).splitlines()]
+        return "\n".join(lines)
     lines = [f"a: {d['a']}", f"b: {d['b']}", f"{d['unchanged']} upstream artifacts unchanged, {len(d['changed'])} changed:"]
     for c in d["changed"]:
         if not c["a"] or not c["b"]:
