@@ -137,6 +137,7 @@ def release(
             data_version=cur.data_version,  # so its lineage id is cur.lineage_id
             derived_from=[v.spec.lineage_id for v in cur.variants],
             meta={"route": route, "domain": d, "release": cur.lineage_id, "version": cur.version,
+                  "moved_by": cur.moved_by, "reason": cur.reason,
                   # the release this move replaced (a REPLACED edge in the lineage graph)
                   **({"previous_release": before.lineage_id} if moved is not None and before is not None else {}),
                   "variants": {v.name: {"role": v.role, "weight": v.weight, "lineage_id": v.spec.lineage_id}

@@ -162,7 +162,8 @@ def _label(node: dict[str, Any]) -> str:
         except ValueError:
             variants = {}
         shown = ", ".join(f"{v.get('role', '?')} {name} {float(v.get('weight', 0)):.0%}" for name, v in variants.items())
-        who = f"; moved by {p['moved_by']}" if p.get("moved_by") else ""
+        moved_by = p.get("moved_by") or p.get("meta_moved_by")
+        who = f"; moved by {moved_by}" if moved_by else ""
         return f"Release        {node['id']}  (v{p.get('meta_version', '?')}: {shown}{who})"
     extras = []
     if p.get("meta_mlflow_run_id"):
