@@ -129,6 +129,19 @@ def test_realtime_adapter_chain(tmp_path, data_root, monkeypatch):
     run(LATER)
     assert stale_hours(instance) == []
 
+    # the held-out rule is the corpus's own: rebuilt with another test fraction, the hour's
+    # documents are split with it (not with the default configuration)
+    from ossa_assets.corpora.assets import source_documents
+    from ossa_assets.lora.assets import hour_documents
+
+    rebuilt = dg.materialize([curated_corpus, source_documents.to_source_asset()], selection=[curated_corpus],
+                             partition_key="devops_workflow", resources=resources, instance=instance,
+                             run_config={"ops": {"corpora__curated_corpus": {"config": {"test_fraction": 0.2}}}})
+    assert rebuilt.success
+    rows, _ = hour_documents(resources["store"], resources["corpus"], start, start + 3600)
+    want = {d.doc_id for d in in_hour if split_for(d.doc_id, cfg.validation_fraction, 0.2) != "test"}
+    assert {r["doc_id"] for r in rows} == want and len(want) < expected
+
 
 def _assert_starts_from(probe: Path, adapter_dir: Path) -> None:
     import torch

@@ -201,7 +201,9 @@ def curated_corpus(
             path=str(final),
             data_version=version,
             derived_from=[a.lineage_id for a in snapshots],
-            meta={"domain": domain, "documents": rep["documents"], "sources": [s.name for s in specs]},
+            meta={"domain": domain, "documents": rep["documents"], "sources": [s.name for s in specs],
+                  # the split rule, for readers that split documents not merged yet (the hourly adapter)
+                  "validation_fraction": config.validation_fraction, "test_fraction": config.test_fraction},
         ),
         metadata={
             "documents": rep["documents"],

@@ -215,12 +215,19 @@ def hour_documents(store: ArtifactStore, corpus: CorpusSources, start: float, en
     files by mtime. Read from each source's curated snapshot (parsed, validated, secret-scrubbed
     per file), not from the merged domain corpus: the hourly path then waits for one curation
     run, not two, which is what keeps a dropped file -> adapter under a minute. Held-out test
-    documents (by the same content-hash split the corpus uses) are never trained on.
+    documents are never trained on: the content-hash split with the fractions the domain's
+    corpus was built with (its artifact records them; the defaults before a corpus exists).
     """
     from ossa_assets.corpora.config import CuratedCorpusConfig
     from ossa_assets.lib.curation import pipeline
 
-    split_cfg = CuratedCorpusConfig()
+    default = CuratedCorpusConfig()
+    fractions: dict[str, tuple[float, float]] = {}
+    for d in {s.domain for s in corpus.specs()}:
+        art = store.load_manifest(CURATED_CORPUS, d)
+        meta = art.meta if art else {}
+        fractions[d] = (float(meta.get("validation_fraction", default.validation_fraction)),
+                        float(meta.get("test_fraction", default.test_fraction)))
     rows, snapshots = [], []
     for spec in corpus.specs():
         key = dg.MultiPartitionKey({"domain": spec.domain, "source": spec.name})
@@ -229,8 +236,7 @@ def hour_documents(store: ArtifactStore, corpus: CorpusSources, start: float, en
             continue
         snapshots.append(art)
         for d in pipeline.load_source_result(Path(art.path)).documents:
-            if start <= d.arrived < end and corpora_lib.split_for(
-                    d.doc_id, split_cfg.validation_fraction, split_cfg.test_fraction) != "test":
+            if start <= d.arrived < end and corpora_lib.split_for(d.doc_id, *fractions[spec.domain]) != "test":
                 rows.append({"domain": d.domain, "text": d.text, "doc_id": d.doc_id})
     return rows, snapshots
 
