@@ -285,8 +285,7 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
                 {"route": route, "domain": s.loaded.domain, "model_version": s.loaded.model_version,
                  "lineage_id": s.loaded.lineage_id, "variant": s.name, "variant_role": s.role,
                  "weight": s.weight, "release": s.release,
-                 "pinned_by": _pinned_by(route, s.name),
-                 "engine": _engine_kind(route, s.name), "kv_cache": s.loaded.engine.kv_cache,
+                 "pinned_by": s.pinned_by, "engine": s.spec.engine, "kv_cache": s.loaded.engine.kv_cache,
                  "capabilities": ["generate"]}
                 for route, served in sorted(watcher.variants.items()) for s in served
             ],
@@ -298,19 +297,6 @@ def create_app(state_path: str | Path | None = None, cache_url: str | None = Non
             },
             "embedders": dict(embedders.backends),  # model path -> onnx:<file> | torch
         }
-
-    def _pinned_by(route: str, name: str) -> str | None:
-        rel = watcher.releases.get(route)
-        v = rel.variant_named(name) if rel else None
-        return v.pinned_by if v else None
-
-    def _engine_kind(route: str, name: str) -> str:
-        rel = watcher.releases.get(route)
-        v = rel.variant_named(name) if rel else None
-        if v is not None:
-            return v.spec.engine
-        state = watcher.state
-        return state.routes[route].engine if state and route in state.routes else "onnxruntime-int8"
 
     def _lineage(fn):
         if settings.graph_factory is None:

@@ -344,7 +344,9 @@ class Served:
     role: str  # champion | challenger | "deployed" (no release: the state file's route)
     weight: float
     loaded: LoadedRoute
-    release: str | None  # the release's lineage id, "serving/release[<route>]@<version>"
+    spec: Any  # lib.deployment.RouteSpec: the engine files (a restart reloads them)
+    release: str | None  # the release's lineage id (serving/release[<domain>]@...); None: no release
+    pinned_by: str | None = None
 
 
 def _sticky_u(route: str, key: str) -> float:
@@ -382,6 +384,7 @@ class DeploymentWatcher:
         self._restart_after = 0.0
         self._loading = False
         self._store = None
+        self._store_loc: str | None = None
         self._follow: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -430,16 +433,15 @@ class DeploymentWatcher:
 
         threading.Thread(target=load, name="deployment-reload", daemon=True).start()
 
-    def release_store(self):
-        """OSSA_RELEASE_URL (settings) wins over the state's own store: a replica elsewhere."""
-        loc = getattr(self.settings, "release_store", None) or (self.state.release_store if self.state else None)
+    def release_store(self, state):
+        """The store `state` names; OSSA_RELEASE_URL (settings) wins: a replica elsewhere."""
+        loc = getattr(self.settings, "release_store", None) or (state.release_store if state else None)
         if loc is None:
             return None
-        if self._store is None or getattr(self._store, "_loc", None) != loc:
+        if self._store is None or self._store_loc != loc:
             from ossa_assets.lib.release import open_store
 
-            self._store = open_store(loc)
-            self._store._loc = loc
+            self._store, self._store_loc = open_store(loc), loc
         return self._store
 
     def refresh(self) -> None:
@@ -459,8 +461,7 @@ class DeploymentWatcher:
                 return
             try:
                 state = read_state(self.state_path) if mtime is not None else None
-                store = self.release_store() if state is None else self._store_for(state)
-                releases = self._read_releases(store)
+                releases = self._read_releases(self.release_store(state))
                 variants = self._load(state, releases)
             except Exception as e:  # keep serving the previous deployment
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -475,13 +476,6 @@ class DeploymentWatcher:
         if self._store is not None and self._follow is None:
             self._follow = threading.Thread(target=self._follow_releases, name="release-follow", daemon=True)
             self._follow.start()
-
-    def _store_for(self, state):
-        prev, self.state = self.state, state
-        try:
-            return self.release_store()
-        finally:
-            self.state = prev
 
     def _read_releases(self, store) -> dict[str, Any]:
         if store is None:
@@ -526,7 +520,7 @@ class DeploymentWatcher:
             if rel is None:
                 spec = state.routes[route]
                 lr = current.get(spec.model_version) or load_route(route, spec, self.settings, self.metrics)
-                out[route] = (Served(spec.model_version, "deployed", 1.0, lr, None),)
+                out[route] = (Served(spec.model_version, "deployed", 1.0, lr, spec, None),)
                 continue
             old = self.releases.get(route)
             if old is not None and old.version == rel.version and route in self.variants:
@@ -540,7 +534,7 @@ class DeploymentWatcher:
                         verify_engine(v.spec)
                         lr = load_route(route, v.spec, self.settings, self.metrics)
                         current[v.spec.model_version] = lr
-                    served.append(Served(v.name, v.role, v.weight, lr, rel.lineage_id))
+                    served.append(Served(v.name, v.role, v.weight, lr, v.spec, rel.lineage_id, v.pinned_by))
                 out[route] = tuple(served)
                 self.release_errors.pop(route, None)
             except Exception as e:
@@ -577,9 +571,7 @@ class DeploymentWatcher:
         def run():
             try:
                 served = next((s for ss in self.variants.values() for s in ss if s.loaded is gone), None)
-                rel = self.releases.get(gone.route)
-                v = rel.variant_named(served.name) if rel and served else None
-                spec = v.spec if v else self.state.routes[gone.route]
+                spec = served.spec if served else self.state.routes[gone.route]
                 fresh = load_route(gone.route, spec, self.settings, self.metrics)
                 with self._lock:
                     ss = self.variants.get(gone.route, ())

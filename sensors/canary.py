@@ -19,7 +19,7 @@ import dagster as dg
 
 from resources.graph import GraphStoreResource
 from resources.mlflow import MlflowResource
-from resources.release import ReleaseStoreResource
+from resources.release import ReleaseStoreResource, publish_move
 
 DEFAULT_URLS = "http://127.0.0.1:8000"
 
@@ -83,39 +83,8 @@ def judge_once(cursor: str | None, releases: ReleaseStoreResource, mlflow: Mlflo
     except Exception as e:  # the release store is down: nothing can move, nothing is decided
         return cursor or "{}", f"skipped, no decision: release store unreachable ({type(e).__name__}: {e})"
     for m in moves:
-        notes.extend(_mirror(m, mlflow, graph))
+        notes.extend(publish_move(m, mlflow, graph))
     return json.dumps(nxt, sort_keys=True), "; ".join(notes) or "no route has a challenger"
-
-
-def _mirror(move, mlflow, graph) -> list[str]:
-    """The release moved (the truth); MLflow and the graph catch up. A failure here is noted,
-    never undoes the move."""
-    from ossa_assets.lib.canary import record_move
-    from resources.mlflow import mirror_release
-
-    notes = []
-    chall = move.before.challenger
-    if mlflow is not None:
-        try:
-            client = mlflow.client()
-            mirror_release(client, move.after)
-            if chall.registered_model and chall.registry_version:
-                client.set_model_version_tag(chall.registered_model, chall.registry_version, "ossa.canary",
-                                             "promoted" if move.action == "promote" else "rolled_back")
-                client.set_model_version_tag(chall.registered_model, chall.registry_version, "ossa.canary_evidence",
-                                             json.dumps(move.decision.evidence(), sort_keys=True)[:5000])
-        except Exception as e:
-            notes.append(f"MLflow not updated ({type(e).__name__}: {e})")
-    if graph is not None:
-        try:
-            g = graph.open()
-            try:
-                record_move(g, move)
-            finally:
-                g.close()
-        except Exception as e:
-            notes.append(f"lineage graph not updated ({type(e).__name__}: {e})")
-    return notes
 
 
 @dg.sensor(

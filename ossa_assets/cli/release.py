@@ -40,19 +40,16 @@ def engine_variant(route: str, engine_dir: str):
     content hash, as quantize/int8_model publishes it."""
     from ossa_assets.keys import INT8_MODEL
     from ossa_assets.lib.artifacts import hash_dir, lineage_id_for
-    from ossa_assets.lib.deployment import RouteSpec
     from ossa_assets.lib.domains import ROUTES
-    from ossa_assets.lib.release import CHAMPION, ReleaseError, Variant
+    from ossa_assets.lib.release import CHAMPION, ReleaseError, Variant, engine_spec
 
     path = Path(engine_dir).resolve()
     if not (path / "model.int8.onnx").is_file():
         raise ReleaseError(f"{path}: no model.int8.onnx here (expected a quantize/int8_model directory)")
     d = ROUTES[route]
     version = hash_dir(path)
-    spec = RouteSpec(domain=d, model_version=f"{d}-{version[:12]}", engine_path=str(path),
-                     lineage_id=lineage_id_for("Engine", INT8_MODEL.to_user_string(), d, version),
-                     kv_model_file="model_kv.int8.onnx" if (path / "model_kv.int8.onnx").is_file() else None,
-                     content_version=version)
+    spec = engine_spec(d, str(path), version, lineage_id_for("Engine", INT8_MODEL.to_user_string(), d, version),
+                       kv_model_file="model_kv.int8.onnx" if (path / "model_kv.int8.onnx").is_file() else None)
     return Variant(name=spec.model_version, role=CHAMPION, weight=1.0, spec=spec)
 
 
@@ -68,36 +65,15 @@ def _describe(rel) -> str:
     return "\n".join(lines)
 
 
-def _mirror(before, rel, action: str) -> None:
-    """The MLflow aliases follow the release and the lineage graph records the move; neither
-    being unreachable undoes it (the release is the truth)."""
+def _publish(before, rel, action: str) -> None:
+    """MLflow and the lineage graph follow the move; neither being unreachable undoes it."""
+    from ossa_assets.lib.canary import Move
     from resources import build_resources
+    from resources.release import publish_move
 
     res = build_resources()
-    try:
-        from resources.mlflow import mirror_release
-
-        mirror_release(res["mlflow"].client(), rel)
-    except Exception as e:  # the aliases catch up on the next release run
-        print(f"warning: MLflow aliases not updated ({type(e).__name__}: {e})", file=sys.stderr)
-    if before is None:
-        return
-    try:
-        from ossa_assets.lib.canary import Move, record_move
-
-        g = res["graph"].open()
-        try:
-            record_move(g, Move(rel.route, action, before, rel, None))
-        finally:
-            g.close()
-    except Exception as e:
-        print(f"warning: lineage graph not updated ({type(e).__name__}: {e})", file=sys.stderr)
-
-
-def _moved(route: str):
-    from ossa_assets.lib.release import ReleaseConflict
-
-    raise ReleaseConflict(f"{route}: the release moved while this command read it")
+    for note in publish_move(Move(rel.route, action, before, rel, None), res["mlflow"], res["graph"]):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def cmd_release(args) -> int:
@@ -146,8 +122,8 @@ def cmd_release(args) -> int:
                                           f"(see `ossa release history {route}`); pin an engine with --engine DIR")
             rl.verify_engine(variant.spec)
             step = lambda cur: rl.pin(cur, route, variant, person=args.by, reason=args.reason)  # noqa: E731
-        before = store.get(route)
-        rel = rl.move(store, route, lambda cur: step(cur) if cur == before else _moved(route))
+        before = store.get(route)  # decided on what it read: a concurrent move is a conflict
+        rel = store.put(step(before), before.version if before else None)
     except rl.ReleaseConflict as e:
         print(f"ossa release {args.action}: {e}; nothing moved: look again (`ossa release show {route}`)",
               file=sys.stderr)
@@ -155,8 +131,7 @@ def cmd_release(args) -> int:
     except rl.ReleaseError as e:
         print(f"ossa release {args.action}: {e}", file=sys.stderr)
         return 1
-    assert rel is not None  # promote/rollback/pin always move or raise
-    _mirror(before, rel, args.action)
+    _publish(before, rel, args.action)
     print(_describe(rel))
     return 0
 

@@ -155,6 +155,16 @@ def validate(rel: Release) -> None:
                                f"the route serves {ROUTES[rel.route]!r}")
 
 
+def engine_spec(domain: str, engine_path: str, content_version: str, lineage_id: str, *,
+                model_file: str = "model.int8.onnx", kv_model_file: str | None = None,
+                engine: str = "onnxruntime-int8") -> RouteSpec:
+    """The spec of a published engine directory, named `<domain>-<content version[:12]>` (a
+    variant's name: versioned, never reused)."""
+    return RouteSpec(domain=domain, model_version=f"{domain}-{content_version[:12]}", engine_path=str(engine_path),
+                     lineage_id=lineage_id, model_file=model_file, kv_model_file=kv_model_file, engine=engine,
+                     content_version=content_version)
+
+
 def verify_engine(spec: RouteSpec) -> None:
     """Refuse an engine that is missing or corrupt, before any traffic reaches it: its files
     exist and, for a content-versioned engine directory, still hash to the version in its name."""

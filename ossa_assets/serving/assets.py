@@ -39,17 +39,12 @@ class ReleaseConfig(dg.Config):
 
 def engine_spec(engine: Artifact) -> RouteSpec:
     """The route spec of an int8 engine artifact (versioned by its content hash)."""
-    d = engine.meta.get("domain") or engine.partition
-    return RouteSpec(
-        domain=d,
-        model_version=f"{d}-{engine.data_version[:12]}",
-        engine_path=engine.path,
-        model_file=engine.meta.get("model_file", "model.int8.onnx"),
-        engine=engine.meta.get("engine", "onnxruntime-int8"),
-        kv_model_file=engine.meta.get("kv_model_file"),
-        lineage_id=engine.lineage_id,
-        content_version=engine.data_version,
-    )
+    from ossa_assets.lib.release import engine_spec as spec_of
+
+    return spec_of(engine.meta.get("domain") or engine.partition, engine.path, engine.data_version,
+                   engine.lineage_id, model_file=engine.meta.get("model_file", "model.int8.onnx"),
+                   kv_model_file=engine.meta.get("kv_model_file"),
+                   engine=engine.meta.get("engine", "onnxruntime-int8"))
 
 
 def release_eligibility(client, registered_model: str | None, registry_version: str | None) -> tuple[bool, str]:
@@ -253,13 +248,12 @@ def deployment(
         releases=release_versions,
     )
     path = write_state(deployment_state_path(store), state)
-    serves = {r: [v.spec.lineage_id for v in rel.variants] for r, rel in current.items()}
     return StageResult(
         Artifact(
             kind="Deployment",
             path=str(path),
             data_version=version,
-            meta={"serves": {r: s.lineage_id for r, s in routes.items()}, "variants": serves,
+            meta={"serves": {r: s.lineage_id for r, s in routes.items()},
                   "releases": {r: rel.lineage_id for r, rel in current.items()}},
         ),
         metadata={

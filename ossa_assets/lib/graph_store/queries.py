@@ -155,12 +155,7 @@ def _label(node: dict[str, Any]) -> str:
     if node["kind"] == "Source":
         return f"Source         {p.get('name', node['id'])}"
     if node["kind"] == "Release":
-        import json
-
-        try:
-            variants = json.loads(p.get("meta_variants") or "{}")
-        except ValueError:
-            variants = {}
+        variants = _variants(node)
         shown = ", ".join(f"{v.get('role', '?')} {name} {float(v.get('weight', 0)):.0%}" for name, v in variants.items())
         moved_by = p.get("moved_by") or p.get("meta_moved_by")
         who = f"; moved by {moved_by}" if moved_by else ""
